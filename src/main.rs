@@ -1,0 +1,46 @@
+//! The `meshguard` command: parses arguments and wires the library crates together. Nothing else
+//! lives here; each subcommand's wiring is in its own file under `src/cli/`.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Zero-trust service-mesh data plane: SPIFFE mTLS proxy, HSM-rooted CA, policy as code.
+#[derive(Debug, Parser)]
+#[command(name = "meshguard", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the certificate authority: init, issue, tokens, the issuance API, bundle, audit.
+    Ca(cli::ca::Args),
+    /// Run the data plane (sidecar or gateway) from a config file.
+    Proxy(cli::proxy::Args),
+    /// Check, evaluate, test and replay authorization policies.
+    Policy(cli::policy::Args),
+    /// Measure handshakes, forwarding and latency against meshguard, direct and peer proxies.
+    Perf(cli::perf::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_tracing();
+    let result = match cli.command {
+        Command::Ca(args) => cli::ca::run(args),
+        Command::Proxy(args) => cli::proxy::run(args),
+        Command::Policy(args) => cli::policy::run(args),
+        Command::Perf(args) => cli::perf::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
