@@ -2,4 +2,26 @@
 //! development only, in a file, and issues X.509-SVIDs to workloads that prove who they are with a
 //! bootstrap token or their current SVID, writing every decision to a tamper-evident audit trail.
 //!
-//! Not built yet: see the CA issue.
+//! # Layout
+//! - [`key`]: the [`SigningKey`](key::SigningKey) trait, PKCS#11 and software keys, key URIs.
+//! - [`issue`]: the root certificate, SVID leaves, CSR parsing.
+//! - [`authority`]: the CA as a whole: init, open, issue, bootstrap, renew, status.
+//! - [`state`], [`tokens`]: the state directory and its config; one-time bootstrap tokens.
+//! - [`serve`]: the issuance API over HTTPS.
+//! - [`audit`]: the hash-chained audit trail and its verification.
+//! - [`error`]: [`CaError`], [`HsmFault`] and [`Refusal`].
+//! - [`secret`]: a wrapper that never prints PINs or tokens.
+
+pub mod audit;
+pub mod authority;
+pub mod error;
+pub mod issue;
+pub mod key;
+pub mod secret;
+pub mod serve;
+pub mod state;
+pub mod tokens;
+
+pub use authority::{Authority, ClientCert, InitOptions, Status};
+pub use error::{CaError, HsmFault, Refusal};
+pub use secret::Secret;

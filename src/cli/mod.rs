@@ -5,8 +5,6 @@ pub(crate) mod perf;
 pub(crate) mod policy;
 pub(crate) mod proxy;
 
-use std::process::ExitCode;
-
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info`), so stdout stays for command output.
 pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -15,10 +13,4 @@ pub(crate) fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-}
-
-/// What a subcommand whose issue has not landed yet says: plainly, and with a failing exit code.
-pub(crate) fn not_built_yet(name: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("meshguard {name}: not built yet in this version; see the project's open issues.");
-    Ok(ExitCode::from(2))
 }

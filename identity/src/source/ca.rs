@@ -8,15 +8,19 @@
 //!
 //! The CA server is verified like any peer: its SVID must chain to the configured bundle and carry
 //! `spiffe://<trust domain>/meshguard/ca`. The exchange is one HTTP/1.1 request per TLS connection
-//! (`Connection: close`), written here because this crate has no HTTP client dependency.
+//! (`Connection: close`) through hyper's connection-level client: renewals are rare (half-life), so
+//! a pool would only hold idle sockets open to the CA.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bundle::{BundleSet, TrustBundle};
 use crate::credentials::{Credentials, RotatingCredentials};
@@ -231,10 +235,10 @@ impl CaSource {
                 after: self.config.timeout,
             })?
             .map_err(|e| other(&self.config.url, format!("cannot reach the CA: {e}")))?;
-        if status != 200 {
+        if status != StatusCode::OK {
             let reason = match serde_json::from_slice::<ErrorResponse>(&response) {
                 Ok(err) => format!("the CA refused ({}): {}", err.code, err.error),
-                Err(_) => format!("the CA answered HTTP {status}"),
+                Err(_) => format!("the CA answered HTTP {}", status.as_u16()),
             };
             return Err(other(&self.config.url, reason));
         }
@@ -299,73 +303,70 @@ impl IdentitySource for CaSource {
     }
 }
 
-/// One HTTP/1.1 POST over a fresh TLS connection; returns the status and the body.
+/// One HTTP/1.1 POST over a fresh TLS connection; returns the status and the body (at most
+/// [`MAX_RESPONSE`] bytes). The error is a sentence for "cannot reach the CA: ...".
 async fn post(
     config: Arc<rustls::ClientConfig>,
     authority: &str,
     host: &str,
     path: &str,
     body: &str,
-) -> std::io::Result<(u16, Vec<u8>)> {
-    let server_name = ServerName::try_from(host.to_owned())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let tcp = tokio::net::TcpStream::connect(authority).await?;
-    tcp.set_nodelay(true)?;
-    let mut tls = tokio_rustls::TlsConnector::from(config)
+) -> Result<(StatusCode, Bytes), String> {
+    let server_name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(server_name, tcp)
-        .await?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tls.write_all(request.as_bytes()).await?;
-    tls.flush().await?;
-    let mut response = Vec::new();
-    let read = (&mut tls)
-        .take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut response)
-        .await;
-    // Servers may close without close_notify after a complete response; the length check decides.
-    match read {
-        Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => return Err(e),
-        _ => {}
-    }
-    parse_response(&response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::HOST, authority)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONNECTION, "close")
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| chain(&e))?;
+    let exchange = async move {
+        let response = sender.send_request(request).await.map_err(|e| chain(&e))?;
+        // Dropping the sender lets the connection future finish once the body is read.
+        drop(sender);
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    "the CA's response is too large".to_owned()
+                } else {
+                    chain(e.as_ref())
+                }
+            })?
+            .to_bytes();
+        Ok((status, body))
+    };
+    // The connection is driven here rather than spawned, so a timeout drops it with the exchange.
+    // Its own result is not needed: any failure that matters reaches `exchange` as an error, and a
+    // server closing without close_notify after a complete response is fine.
+    let (result, _connection) = tokio::join!(exchange, connection);
+    result
 }
 
-fn parse_response(raw: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    if raw.len() > MAX_RESPONSE {
-        return Err(bad("the CA's response is too large"));
+/// An error and its causes on one line (hyper's `Display` names only the outermost kind).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
     }
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("incomplete HTTP response"))?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("the HTTP head is not text"))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| bad("no HTTP status line"))?;
-    let mut length = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse::<usize>().ok();
-            }
-            if name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(bad("chunked responses are not expected from the CA"));
-            }
-        }
-    }
-    let body = &raw[split + 4..];
-    match length {
-        Some(n) if body.len() >= n => Ok((status, body[..n].to_vec())),
-        Some(_) => Err(bad("the CA's response was cut short")),
-        None => Ok((status, body.to_vec())),
-    }
+    text
 }
 
 fn other(url: &str, error: impl ToString) -> SourceError {
@@ -379,16 +380,170 @@ fn other(url: &str, error: impl ToString) -> SourceError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn responses_are_parsed_by_length() {
-        let raw = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 5\r\n\r\nhello";
-        assert_eq!(parse_response(raw).unwrap(), (403, b"hello".to_vec()));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort").is_err());
-        assert!(parse_response(b"garbage").is_err());
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A CA stand-in on 127.0.0.1:0 with a real `spiffe://td.example/meshguard/ca` SVID that reads
+    /// one request and answers with `response` verbatim (`None`: never answers). Returns a source
+    /// pointed at it and the task yielding the request it received.
+    async fn fake_ca(
+        dir: &std::path::Path,
+        response: Option<Vec<u8>>,
+    ) -> (CaSource, tokio::task::JoinHandle<String>) {
+        let ca = crate::test_ca::TestCa::new("td.example");
+        let server = TlsProfile::new(ca.rotating("/meshguard/ca"))
+            .client_auth(crate::tls::ClientAuth::Optional)
+            .with_alpn(["http/1.1"])
+            .server_config()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = tokio_rustls::TlsAcceptor::from(server)
+                .accept(tcp)
+                .await
+                .unwrap();
+            let request = read_request(&mut tls).await;
+            match response {
+                Some(bytes) => {
+                    tls.write_all(&bytes).await.unwrap();
+                    tls.shutdown().await.unwrap();
+                }
+                None => std::future::pending::<()>().await,
+            }
+            request
+        });
+        let bundle = dir.join("bundle.pem");
+        std::fs::write(&bundle, ca.bundle_pem()).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "tok-123\n").unwrap();
+        let id = SpiffeId::parse("spiffe://td.example/w").unwrap();
+        let config = CaSourceConfig::new(format!("https://{addr}"), id, token, bundle);
+        (CaSource::new(config).unwrap(), task)
+    }
+
+    /// Reads the head and a `content-length` body, as hyper's client must send them.
+    async fn read_request(tls: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the client closed before sending a whole request");
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("content-length header");
+                if body.len() >= length {
+                    return text.into_owned();
+                }
+            }
+        }
+    }
+
+    fn answer(status: &str, extra_headers: &str, body: &[u8]) -> Vec<u8> {
+        let mut raw = format!("HTTP/1.1 {status}\r\n{extra_headers}\r\n").into_bytes();
+        raw.extend_from_slice(body);
+        raw
+    }
+
+    /// The whole error as a user reads it (`SourceError`'s `Display` includes its source).
+    fn message(error: SourceError) -> String {
+        error.to_string()
+    }
+
+    #[tokio::test]
+    async fn the_bootstrap_request_is_a_json_post_with_the_token_and_a_csr() {
+        let dir = tempfile::tempdir().unwrap();
+        let refusal = br#"{"error":"the token was already used","code":"token_replayed"}"#;
+        let headers = format!("content-length: {}\r\n", refusal.len());
+        let response = answer("403 Forbidden", &headers, refusal);
+        let (mut source, server) = fake_ca(dir.path(), Some(response)).await;
+        let error = message(source.bootstrap().await.unwrap_err());
         assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello")
-                .is_err()
+            error.contains("the CA refused (token_replayed): the token was already used"),
+            "{error}"
         );
+        let request = server.await.unwrap();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("POST /v1/sign HTTP/1.1\r\n"), "{head}");
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["token"], "tok-123");
+        assert!(
+            json["csr"]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE REQUEST-----")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunked_refusal_is_read_like_any_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = br#"{"error":"HSM unavailable","code":"hsm_unavailable"}"#;
+        let mut body = format!("{:x}\r\n", json.len()).into_bytes();
+        body.extend_from_slice(json);
+        body.extend_from_slice(b"\r\n0\r\n\r\n");
+        let response = answer(
+            "503 Service Unavailable",
+            "transfer-encoding: chunked\r\n",
+            &body,
+        );
+        let (mut source, _server) = fake_ca(dir.path(), Some(response)).await;
+        let error = message(source.bootstrap().await.unwrap_err());
+        assert!(
+            error.contains("the CA refused (hsm_unavailable)"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_non_json_error_names_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let response = answer("502 Bad Gateway", "content-length: 4\r\n", b"oops");
+        let (mut source, _server) = fake_ca(dir.path(), Some(response)).await;
+        let error = message(source.bootstrap().await.unwrap_err());
+        assert!(error.contains("the CA answered HTTP 502"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated_responses_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![b'x'; MAX_RESPONSE + 1];
+        let headers = format!("content-length: {}\r\n", big.len());
+        let (mut source, _server) =
+            fake_ca(dir.path(), Some(answer("200 OK", &headers, &big))).await;
+        let error = message(source.bootstrap().await.unwrap_err());
+        assert!(
+            error.contains("cannot reach the CA: the CA's response is too large"),
+            "{error}"
+        );
+
+        let short = answer("200 OK", "content-length: 9\r\n", b"short");
+        let (mut source, _server) = fake_ca(dir.path(), Some(short)).await;
+        let error = message(source.bootstrap().await.unwrap_err());
+        assert!(error.contains("cannot reach the CA: "), "{error}");
+        assert!(source.current().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_ca_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut source, _server) = fake_ca(dir.path(), None).await;
+        source.config.timeout = Duration::from_secs(3);
+        match source.bootstrap().await {
+            Err(SourceError::Timeout { after, .. }) => assert_eq!(after, Duration::from_secs(3)),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
     }
 
     #[test]

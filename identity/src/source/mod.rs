@@ -46,6 +46,7 @@ pub mod files;
 pub mod renewal;
 pub mod workload_api;
 
+pub use ca::{CaSource, CaSourceConfig};
 pub use clock::SourceClock;
 pub use driver::{IdentityState, IdentityStatus, RunningIdentity, StartOptions};
 pub use error::SourceError;

@@ -1,0 +1,157 @@
+//! identity's CA source against a real `meshguard ca serve` API in process (software key: the HSM
+//! path of the API is covered by the CLI tests): bootstrap with a token, renew over mTLS with a new
+//! key, keep the current SVID while the CA is down, recover when it returns.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use meshguard_ca::issue::TtlPolicy;
+use meshguard_ca::key::KeyAlgorithm;
+use meshguard_ca::serve::Server;
+use meshguard_ca::{Authority, InitOptions};
+use meshguard_identity::source::ca::{CaSource, CaSourceConfig};
+use meshguard_identity::source::{IdentitySource, StartOptions};
+use meshguard_identity::{SpiffeId, TrustDomain};
+use tokio::sync::oneshot;
+
+fn init(dir: &Path) {
+    Authority::init(
+        &dir.join("state"),
+        InitOptions {
+            trust_domain: TrustDomain::parse("bank.example").unwrap(),
+            key: format!("file:{}", dir.join("root.key").display())
+                .parse()
+                .unwrap(),
+            algorithm: KeyAlgorithm::EcdsaP256,
+            use_existing_key: false,
+            root_ttl: Duration::from_secs(86400),
+            root_spiffe_id: None,
+            ttl: TtlPolicy::default(),
+            pin_from_env: None,
+        },
+        SystemTime::now(),
+    )
+    .unwrap();
+}
+
+async fn start_ca(
+    dir: &Path,
+    listen: &str,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let ca = Authority::open(&dir.join("state"), None).unwrap();
+    let server = Server::bind(ca, listen, &[]).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop, task)
+}
+
+fn source(dir: &Path, addr: SocketAddr, id: &SpiffeId, token_name: &str) -> CaSource {
+    let ca = Authority::open(&dir.join("state"), None).unwrap();
+    let token = ca
+        .tokens()
+        .create(id, Duration::from_secs(600), SystemTime::now())
+        .unwrap();
+    let token_file = dir.join(token_name);
+    std::fs::write(&token_file, token.expose()).unwrap();
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, ca.bundle_pem()).unwrap();
+    CaSource::new(CaSourceConfig::new(
+        format!("https://{addr}"),
+        id.clone(),
+        token_file,
+        bundle,
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_renew_outage_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    let (addr, stop, task) = start_ca(dir.path(), "127.0.0.1:0").await;
+    let id = SpiffeId::parse("spiffe://bank.example/ns/payments/sa/payments").unwrap();
+    let mut source = source(dir.path(), addr, &id, "token");
+
+    let first = source.fetch().await.unwrap();
+    assert_eq!(first.svid.spiffe_id(), &id);
+    // Renewal: a new key and a new certificate for the same ID, over mTLS.
+    let second = source.fetch().await.unwrap();
+    assert_eq!(second.svid.spiffe_id(), &id);
+    assert_ne!(second.svid.leaf(), first.svid.leaf());
+    assert_ne!(
+        second.svid.private_key().secret_der(),
+        first.svid.private_key().secret_der()
+    );
+
+    // The CA goes down: fetch fails, the current SVID stays.
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let err = source.fetch().await.unwrap_err();
+    assert!(err.to_string().contains("cannot reach the CA"), "{err}");
+    assert_eq!(source.current().unwrap().svid.leaf(), second.svid.leaf());
+
+    // It comes back on the same address: renewal works again.
+    let (_addr, stop, task) = start_ca(dir.path(), &addr.to_string()).await;
+    let third = source.fetch().await.unwrap();
+    assert_ne!(third.svid.leaf(), second.svid.leaf());
+
+    // The trail holds both bootstrap and renewals.
+    let ca = Authority::open(&dir.path().join("state"), None).unwrap();
+    let events: Vec<_> = ca
+        .audit()
+        .records()
+        .unwrap()
+        .into_iter()
+        .map(|r| format!("{:?}", r.entry.event))
+        .collect();
+    assert!(
+        events.iter().filter(|e| *e == "Renew").count() >= 2,
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e == "Bootstrap"));
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_starts_from_the_ca_and_a_used_token_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    let (addr, stop, task) = start_ca(dir.path(), "127.0.0.1:0").await;
+    let id = SpiffeId::parse("spiffe://bank.example/ns/ledger/sa/ledger").unwrap();
+    let source_a = source(dir.path(), addr, &id, "token-a");
+    let running = tokio::time::timeout(
+        Duration::from_secs(20),
+        source_a.start(StartOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(running.credentials().current().svid.spiffe_id(), &id);
+    assert!(running.is_serving());
+
+    // A second source with the same (now used) token file cannot bootstrap, and says why.
+    let bundle = dir.path().join("bundle.pem");
+    let mut replay = CaSource::new(CaSourceConfig::new(
+        format!("https://{addr}"),
+        id.clone(),
+        dir.path().join("token-a"),
+        bundle,
+    ))
+    .unwrap();
+    let err = replay.fetch().await.unwrap_err().to_string();
+    assert!(err.contains("token_used"), "{err}");
+    drop(running);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}

@@ -1,0 +1,5 @@
+package x
+
+allow {
+  input.method == "GET"
+}

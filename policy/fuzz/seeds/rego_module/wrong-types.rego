@@ -1,0 +1,5 @@
+package x
+
+allow := "yes"
+
+deny_reason := 7

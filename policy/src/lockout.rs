@@ -1,0 +1,369 @@
+//! Continuous verification: a caller (SPIFFE ID or source address) that collects `threshold`
+//! denials or failed handshakes within `window` is blocked for `block`; tripping again while
+//! blocked (or soon after) doubles the block, up to `max_block`. Blocks expire by themselves, can be
+//! listed and cleared by the operator, and every change comes back as a [`LockoutEvent`] for the
+//! log. Pure logic: the caller passes `now`.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use jiff::{SignedDuration, Timestamp};
+use serde::Deserialize;
+
+/// Thresholds and durations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    /// Failures within `window` that trip a block.
+    pub threshold: u32,
+    pub window: SignedDuration,
+    /// The first block's length; each further trip doubles it.
+    pub block: SignedDuration,
+    pub max_block: SignedDuration,
+    /// Callers tracked at most (bounded memory under a flood of distinct sources).
+    pub max_tracked: usize,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 10,
+            window: SignedDuration::from_mins(1),
+            block: SignedDuration::from_mins(5),
+            max_block: SignedDuration::from_hours(1),
+            max_tracked: 100_000,
+        }
+    }
+}
+
+/// Who is being counted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Caller {
+    Principal(Box<str>),
+    Address(IpAddr),
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Principal(p) => f.write_str(p),
+            Self::Address(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// What failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Denied,
+    HandshakeFailed,
+}
+
+/// A change in block state, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockoutEvent {
+    Blocked {
+        caller: Caller,
+        until: Timestamp,
+        strikes: u32,
+    },
+    Extended {
+        caller: Caller,
+        until: Timestamp,
+        strikes: u32,
+    },
+    Expired {
+        caller: Caller,
+    },
+    Cleared {
+        caller: Caller,
+    },
+}
+
+/// A block in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    pub caller: Caller,
+    pub since: Timestamp,
+    pub until: Timestamp,
+    pub strikes: u32,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockoutStats {
+    pub blocks_total: u64,
+    pub extensions_total: u64,
+    /// Requests and connections refused because their caller was blocked.
+    pub refused_total: u64,
+    pub active_blocks: u64,
+}
+
+/// Callers by kind, so a lookup by `&str` needs no allocation.
+#[derive(Debug, Default)]
+struct State {
+    principals: HashMap<Box<str>, Entry>,
+    addresses: HashMap<IpAddr, Entry>,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        self.principals.len() + self.addresses.len()
+    }
+
+    fn get(
+        &self,
+        principal: Option<&str>,
+        address: Option<IpAddr>,
+    ) -> [Option<(Caller, &Entry)>; 2] {
+        [
+            principal.and_then(|p| {
+                self.principals
+                    .get(p)
+                    .map(|e| (Caller::Principal(p.into()), e))
+            }),
+            address.and_then(|a| self.addresses.get(&a).map(|e| (Caller::Address(a), e))),
+        ]
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    failures: VecDeque<Timestamp>,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+    strikes: u32,
+    last_seen: Option<Timestamp>,
+}
+
+/// The lockout state; share it behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Lockout {
+    config: LockoutConfig,
+    callers: Mutex<State>,
+    blocks_total: AtomicU64,
+    extensions_total: AtomicU64,
+    refused_total: AtomicU64,
+}
+
+impl Lockout {
+    pub fn new(config: LockoutConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    pub fn config(&self) -> &LockoutConfig {
+        &self.config
+    }
+
+    /// Records a failure for the principal and/or the address and returns any block it caused.
+    pub fn record(
+        &self,
+        principal: Option<&str>,
+        address: Option<IpAddr>,
+        _failure: Failure,
+        now: Timestamp,
+    ) -> Vec<LockoutEvent> {
+        let mut events = Vec::new();
+        let Ok(mut callers) = self.callers.lock() else {
+            return events;
+        };
+        if callers.len() >= self.config.max_tracked {
+            self.sweep(&mut callers, now, &mut events);
+        }
+        let full = callers.len() >= self.config.max_tracked;
+        if let Some(p) = principal {
+            if let Some(entry) = callers.principals.get_mut(p) {
+                events.extend(self.count(Caller::Principal(p.into()), entry, now));
+            } else if !full {
+                let entry = callers.principals.entry(p.into()).or_default();
+                events.extend(self.count(Caller::Principal(p.into()), entry, now));
+            }
+        }
+        if let Some(a) = address {
+            if let Some(entry) = callers.addresses.get_mut(&a) {
+                events.extend(self.count(Caller::Address(a), entry, now));
+            } else if !full {
+                let entry = callers.addresses.entry(a).or_default();
+                events.extend(self.count(Caller::Address(a), entry, now));
+            }
+        }
+        if full {
+            tracing::warn!("lockout table full; failures of new callers are not tracked");
+        }
+        events
+    }
+
+    fn count(&self, caller: Caller, entry: &mut Entry, now: Timestamp) -> Option<LockoutEvent> {
+        let window_start = now
+            .checked_sub(self.config.window)
+            .unwrap_or(Timestamp::MIN);
+        entry.failures.push_back(now);
+        while entry.failures.front().is_some_and(|t| *t <= window_start) {
+            entry.failures.pop_front();
+        }
+        entry.last_seen = Some(now);
+        if entry.failures.len() < self.config.threshold as usize {
+            return None;
+        }
+        entry.failures.clear();
+        entry.strikes += 1;
+        let blocked = entry.until.is_some_and(|u| u > now);
+        let until = now
+            .checked_add(self.duration(entry.strikes))
+            .unwrap_or(Timestamp::MAX);
+        entry.until = Some(entry.until.map_or(until, |u| u.max(until)));
+        let until = entry.until.unwrap_or(until);
+        if blocked {
+            self.extensions_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%caller, %until, strikes = entry.strikes, "lockout extended");
+            Some(LockoutEvent::Extended {
+                caller,
+                until,
+                strikes: entry.strikes,
+            })
+        } else {
+            entry.since = Some(now);
+            self.blocks_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%caller, %until, strikes = entry.strikes, "caller blocked after repeated failures");
+            Some(LockoutEvent::Blocked {
+                caller,
+                until,
+                strikes: entry.strikes,
+            })
+        }
+    }
+
+    /// `block * 2^(strikes-1)`, at most `max_block`.
+    fn duration(&self, strikes: u32) -> SignedDuration {
+        let factor = 1i32
+            .checked_shl(strikes.saturating_sub(1).min(30))
+            .unwrap_or(i32::MAX);
+        self.config
+            .block
+            .checked_mul(factor)
+            .unwrap_or(self.config.max_block)
+            .min(self.config.max_block)
+    }
+
+    /// The block in force for the principal or the address, if any (counted as a refusal).
+    pub fn check(
+        &self,
+        principal: Option<&str>,
+        address: Option<IpAddr>,
+        now: Timestamp,
+    ) -> Option<Block> {
+        let callers = self.callers.lock().ok()?;
+        if callers.len() == 0 {
+            return None;
+        }
+        let blocked = |e: &Entry| e.until.is_some_and(|u| u > now);
+        let hit = principal
+            .and_then(|p| callers.principals.get(p))
+            .is_some_and(blocked)
+            || address
+                .and_then(|a| callers.addresses.get(&a))
+                .is_some_and(blocked);
+        if !hit {
+            return None;
+        }
+        self.refused_total.fetch_add(1, Ordering::Relaxed);
+        callers
+            .get(principal, address)
+            .into_iter()
+            .flatten()
+            .find_map(|(c, e)| block_of(&c, e, now))
+    }
+
+    /// Blocks in force at `now`, sorted by caller.
+    pub fn list(&self, now: Timestamp) -> Vec<Block> {
+        let Ok(callers) = self.callers.lock() else {
+            return Vec::new();
+        };
+        let principals = callers
+            .principals
+            .iter()
+            .map(|(p, e)| (Caller::Principal(p.clone()), e));
+        let addresses = callers
+            .addresses
+            .iter()
+            .map(|(a, e)| (Caller::Address(*a), e));
+        let mut blocks: Vec<Block> = principals
+            .chain(addresses)
+            .filter_map(|(c, e)| block_of(&c, e, now))
+            .collect();
+        blocks.sort_by(|a, b| a.caller.cmp(&b.caller));
+        blocks
+    }
+
+    /// Lifts a block and forgets the caller's history (the operator's decision).
+    pub fn clear(&self, caller: &Caller) -> Option<LockoutEvent> {
+        let mut callers = self.callers.lock().ok()?;
+        let removed = match caller {
+            Caller::Principal(p) => callers.principals.remove(p),
+            Caller::Address(a) => callers.addresses.remove(a),
+        };
+        removed.map(|_| {
+            tracing::info!(%caller, "lockout cleared by operator");
+            LockoutEvent::Cleared {
+                caller: caller.clone(),
+            }
+        })
+    }
+
+    /// Ends expired blocks and forgets quiet callers; call it periodically. Blocks stop applying at
+    /// `until` whether or not this runs.
+    pub fn expire(&self, now: Timestamp) -> Vec<LockoutEvent> {
+        let mut events = Vec::new();
+        if let Ok(mut callers) = self.callers.lock() {
+            self.sweep(&mut callers, now, &mut events);
+        }
+        events
+    }
+
+    fn sweep(&self, callers: &mut State, now: Timestamp, events: &mut Vec<LockoutEvent>) {
+        // Strikes are remembered for `max_block` after the last failure, so a caller that comes
+        // back soon after a block gets a longer one.
+        let forget_before = now
+            .checked_sub(self.config.max_block)
+            .unwrap_or(Timestamp::MIN);
+        let mut keep = |caller: Caller, entry: &mut Entry| {
+            if entry.until.is_some_and(|u| u <= now) {
+                entry.until = None;
+                entry.since = None;
+                events.push(LockoutEvent::Expired { caller });
+            }
+            entry.until.is_some() || entry.last_seen.is_some_and(|t| t > forget_before)
+        };
+        callers
+            .principals
+            .retain(|p, e| keep(Caller::Principal(p.clone()), e));
+        callers
+            .addresses
+            .retain(|a, e| keep(Caller::Address(*a), e));
+    }
+
+    pub fn stats(&self, now: Timestamp) -> LockoutStats {
+        LockoutStats {
+            blocks_total: self.blocks_total.load(Ordering::Relaxed),
+            extensions_total: self.extensions_total.load(Ordering::Relaxed),
+            refused_total: self.refused_total.load(Ordering::Relaxed),
+            active_blocks: self.list(now).len() as u64,
+        }
+    }
+}
+
+fn block_of(caller: &Caller, entry: &Entry, now: Timestamp) -> Option<Block> {
+    let until = entry.until.filter(|u| *u > now)?;
+    Some(Block {
+        caller: caller.clone(),
+        since: entry.since.unwrap_or(now),
+        until,
+        strikes: entry.strikes,
+    })
+}

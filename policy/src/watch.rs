@@ -1,0 +1,170 @@
+//! Watching policy files: a background thread reloads the [`PolicyStore`] when any file of the
+//! current revision changes (editors that replace files by rename included, since the directories
+//! are watched). Bursts of events are coalesced into one reload.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
+use crate::PolicyError;
+use crate::store::{PolicyStore, Reloaded};
+
+/// Events closer together than this are one change.
+const SETTLE: Duration = Duration::from_millis(100);
+
+enum Msg {
+    Event(notify::Result<notify::Event>),
+    Stop,
+}
+
+/// Keeps the watch alive; dropping it stops the thread.
+#[derive(Debug)]
+pub struct PolicyWatcher {
+    tx: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for PolicyWatcher {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts watching `store`'s files; `on_reload` hears every reload attempt (success or the error
+/// that kept the last good revision).
+pub fn watch(
+    store: Arc<PolicyStore>,
+    on_reload: impl Fn(Result<Reloaded, PolicyError>) + Send + 'static,
+) -> Result<PolicyWatcher, PolicyError> {
+    let (tx, rx) = channel();
+    let events = tx.clone();
+    let mut watcher = RecommendedWatcher::new(
+        move |event| {
+            let _ = events.send(Msg::Event(event));
+        },
+        notify::Config::default(),
+    )
+    .map_err(|source| PolicyError::Watch { source })?;
+    let mut dirs = BTreeSet::new();
+    sync_dirs(&mut watcher, &mut dirs, &store.watched_paths())?;
+
+    let thread = std::thread::Builder::new()
+        .name("meshguard-policy-watch".into())
+        .spawn(move || {
+            loop {
+                let relevant = match rx.recv() {
+                    Ok(Msg::Event(event)) => touches(&event, &store.watched_paths()),
+                    Ok(Msg::Stop) | Err(_) => return,
+                };
+                if !relevant {
+                    continue;
+                }
+                // Let the burst settle (write + rename + chmod), then reload once.
+                loop {
+                    match rx.recv_timeout(SETTLE) {
+                        Ok(Msg::Event(_)) => {}
+                        Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                        Err(RecvTimeoutError::Timeout) => break,
+                    }
+                }
+                let result = store.reload();
+                let resync = result.as_ref().is_ok_and(|r| r.changed);
+                let watch_error = resync
+                    .then(|| sync_dirs(&mut watcher, &mut dirs, &store.watched_paths()).err())
+                    .flatten();
+                if let Some(error) = watch_error {
+                    tracing::warn!(%error, "cannot watch a new policy directory");
+                }
+                on_reload(result);
+            }
+        })
+        .map_err(|e| PolicyError::Watch {
+            source: notify::Error::io(e),
+        })?;
+    Ok(PolicyWatcher {
+        tx,
+        thread: Some(thread),
+    })
+}
+
+fn touches(event: &notify::Result<notify::Event>, files: &[PathBuf]) -> bool {
+    match event {
+        Ok(event) => event
+            .paths
+            .iter()
+            .any(|p| files.iter().any(|f| same_file(p, f))),
+        // An error from the OS watcher: reload to be safe.
+        Err(_) => true,
+    }
+}
+
+fn same_file(event_path: &std::path::Path, file: &std::path::Path) -> bool {
+    event_path == file
+        || match (event_path.canonicalize(), file.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => {
+                event_path.file_name() == file.file_name()
+                    && event_path.parent().and_then(|p| p.canonicalize().ok())
+                        == file.parent().and_then(|p| p.canonicalize().ok())
+            }
+        }
+}
+
+fn sync_dirs(
+    watcher: &mut RecommendedWatcher,
+    dirs: &mut BTreeSet<PathBuf>,
+    files: &[PathBuf],
+) -> Result<(), PolicyError> {
+    for file in files {
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        if dirs.insert(dir.clone()) {
+            watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|source| PolicyError::Watch { source })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_are_picked_up_and_broken_edits_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "default = \"deny\"\n").unwrap();
+        let store = Arc::new(PolicyStore::load(vec![file.clone()], None).unwrap());
+        let first = store.revision();
+        let (tx, rx) = channel();
+        let _watcher = watch(store.clone(), move |r| {
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        })
+        .unwrap();
+
+        std::fs::write(&file, "default = \"audit\"\n").unwrap();
+        let reloaded = rx.recv_timeout(Duration::from_secs(20)).unwrap().unwrap();
+        assert!(reloaded.changed && reloaded.revision != first);
+        assert_eq!(store.current().default_mode(), crate::DefaultMode::Audit);
+
+        std::fs::write(&file, "default = \"sometimes\"\n").unwrap();
+        let err = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains("p.toml:1:11"), "{err}");
+        assert_eq!(store.revision(), reloaded.revision);
+    }
+}
