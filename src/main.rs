@@ -25,6 +25,8 @@ enum Command {
     Policy(cli::policy::Args),
     /// Measure handshakes, forwarding and latency against meshguard, direct and peer proxies.
     Perf(cli::perf::Args),
+    /// Print, apply or remove the iptables rules for transparent capture.
+    Iptables(cli::iptables::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cli::proxy::run(args),
         Command::Policy(args) => cli::policy::run(args),
         Command::Perf(args) => cli::perf::run(args),
+        Command::Iptables(args) => cli::iptables::run(args),
     };
     match result {
         Ok(code) => code,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
@@ -67,10 +67,18 @@ pub fn watch(
                 if !relevant {
                     continue;
                 }
-                // Let the burst settle (write + rename + chmod), then reload once.
+                // Let the burst settle (write + rename + chmod), then reload once. Only events on
+                // policy files extend the wait: a busy neighbour in the same directory (an access
+                // log, say) must not postpone the reload forever.
+                let mut deadline = settle_deadline();
                 loop {
-                    match rx.recv_timeout(SETTLE) {
-                        Ok(Msg::Event(_)) => {}
+                    let left = deadline.saturating_duration_since(now());
+                    match rx.recv_timeout(left) {
+                        Ok(Msg::Event(event)) => {
+                            if touches(&event, &store.watched_paths()) {
+                                deadline = settle_deadline();
+                            }
+                        }
                         Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                         Err(RecvTimeoutError::Timeout) => break,
                     }
@@ -93,6 +101,17 @@ pub fn watch(
         tx,
         thread: Some(thread),
     })
+}
+
+// The watcher thread is the one place in this crate that waits on a clock: it debounces file
+// events and decides nothing.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn settle_deadline() -> Instant {
+    now() + SETTLE
 }
 
 fn touches(event: &notify::Result<notify::Event>, files: &[PathBuf]) -> bool {
@@ -166,5 +185,42 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("p.toml:1:11"), "{err}");
         assert_eq!(store.revision(), reloaded.revision);
+    }
+
+    #[test]
+    fn a_busy_neighbour_file_does_not_postpone_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "default = \"deny\"\n").unwrap();
+        let store = Arc::new(PolicyStore::load(vec![file.clone()], None).unwrap());
+        let (tx, rx) = channel();
+        let _watcher = watch(store.clone(), move |r| {
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        })
+        .unwrap();
+
+        // A log in the same directory written more often than the settle time, for the whole test.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            let log = dir.path().join("access.log");
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::File::create(log).unwrap();
+                for _ in 0..2_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    writeln!(f, "{{\"line\":1}}").unwrap();
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        std::fs::write(&file, "default = \"audit\"\n").unwrap();
+        let reloaded = rx.recv_timeout(Duration::from_secs(15));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(reloaded.unwrap().unwrap().changed);
+        assert_eq!(store.current().default_mode(), crate::DefaultMode::Audit);
     }
 }

@@ -1,4 +1,38 @@
 //! meshguard's data plane: listeners that terminate and originate mTLS with SPIFFE identities,
-//! authorize each connection and request against policy, forward the bytes and log every decision.
+//! authorize each connection against policy, forward the bytes and log every connection.
 //!
-//! Not built yet: see the L4 and L7 proxy issues.
+//! # Layout
+//! - [`config`]: the TOML config file parsed into validated types.
+//! - [`copy`]: the bidirectional copy loop (half-close, reused buffers, idle timeout).
+//! - [`access_log`]: one JSON line per connection, written off the data path.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`admin`]: `/live`, `/ready`, `/metrics`, `/certs`, `/config` on loopback.
+//! - [`original_dst`]: the original destination of a redirected connection.
+//! - [`iptables`]: the REDIRECT rules for transparent capture.
+//! - [`server`]: wiring a [`config::Config`] into listeners, admin and access log; drain on stop.
+//! - [`listener`]: the accept loop, connection limit and per-connection bookkeeping.
+//! - [`inbound`], [`outbound`], [`transparent`]: the three kinds of listener; [`upstream`]
+//!   connects onwards; [`authz`] asks the policy; [`tls_error`] says why a handshake failed.
+//! - [`detect`]: protocol detection (HTTP/1, HTTP/2, opaque); [`http`]: the L7 proxy
+//!   (per-request authorization, XFCC, request access log, limits).
+
+pub mod access_log;
+pub mod admin;
+pub mod authz;
+pub mod config;
+pub mod copy;
+pub mod detect;
+pub mod http;
+pub mod inbound;
+pub mod iptables;
+pub mod listener;
+pub mod metrics;
+pub mod original_dst;
+pub mod outbound;
+pub mod server;
+pub mod tls_error;
+pub mod transparent;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::{CredentialsInput, ProxyError, RunningProxy, run, start};

@@ -1,14 +1,15 @@
-//! `meshguard perf`: not built yet.
+//! `meshguard perf`: the load generator and its upstream live in `meshguard-perf`; this only hands
+//! the parsed subcommand over.
 
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Arguments for a subcommand that is not built yet.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    #[command(subcommand)]
+    command: meshguard_perf::Command,
 }
 
-pub(crate) fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    super::not_built_yet("perf")
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    meshguard_perf::run(args.command)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,14 +1,52 @@
-//! `meshguard proxy`: not built yet.
+//! `meshguard proxy --config FILE`: runs the data plane (sidecar or gateway) until SIGTERM or
+//! Ctrl-C, then drains open connections for the configured grace period and exits 0.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context as _;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Arguments for a subcommand that is not built yet.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    /// The proxy's TOML config (identity, admin, access_log, inbound, outbound, transparent).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Only validate the config and print the effective config as JSON.
+    #[arg(long)]
+    check: bool,
 }
 
-pub(crate) fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    super::not_built_yet("proxy")
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = meshguard_proxy::Config::load(&args.config)?;
+    if args.check {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config.to_redacted_json())?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        meshguard_proxy::run(config, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGTERM (orchestrators) or Ctrl-C (a terminal).
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
 }

@@ -1,0 +1,306 @@
+//! The access log: one JSON line per connection.
+//!
+//! Connection tasks hand a finished [`ConnectionRecord`] to [`AccessLog::record`], which never
+//! waits: the record goes into a bounded queue drained by one writer task that encodes and writes
+//! the lines. When the queue is full (the disk is slower than the traffic) the record is dropped and
+//! counted in `meshguard_access_log_dropped_total`, so the data path never waits on the disk.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Which way a connection went through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// mTLS from the mesh to the local app.
+    Inbound,
+    /// From the local app to a peer over mTLS.
+    Outbound,
+    /// Redirected by iptables, routed by original destination.
+    Transparent,
+}
+
+/// The four places a connection can fail, one per log field value and metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The client side: bad handshake, no or bad certificate, reset, idle.
+    Downstream,
+    /// The server side: connect refused or timed out, bad or unexpected certificate, reset.
+    Upstream,
+    /// Refused by policy or routing (default deny).
+    Policy,
+    /// The proxy itself: no credentials yet, connection limit, shutdown.
+    Internal,
+}
+
+/// The outcome the proxy applied to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Forwarded.
+    Allow,
+    /// Refused.
+    Deny,
+    /// Forwarded, and an audit policy matched.
+    Audit,
+}
+
+/// One access-log line. Fields without a value are written as `null` so every line has the same
+/// shape, which is what log pipelines and auditors expect.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionRecord {
+    /// When the connection was accepted (RFC 3339, UTC).
+    pub start_time: String,
+    /// From accept to close, in milliseconds.
+    pub duration_ms: f64,
+    /// Inbound, outbound or transparent.
+    pub direction: Direction,
+    /// The listener's name.
+    pub listener: String,
+    /// The client's address.
+    pub source_addr: SocketAddr,
+    /// The peer's SPIFFE ID: the client's on inbound, the server's on outbound.
+    pub peer_id: Option<String>,
+    /// This proxy's own SPIFFE ID at the time of the handshake.
+    pub local_id: Option<String>,
+    /// The destination the client dialed (the listener, or the original destination when redirected).
+    pub original_dst: Option<String>,
+    /// Where the proxy forwarded the bytes.
+    pub upstream: Option<String>,
+    /// Bytes from the client towards the upstream.
+    pub bytes_in: u64,
+    /// Bytes from the upstream back to the client.
+    pub bytes_out: u64,
+    /// Negotiated TLS version of the mTLS side.
+    pub tls_version: Option<String>,
+    /// Negotiated cipher suite of the mTLS side.
+    pub cipher_suite: Option<String>,
+    /// Negotiated key-exchange group of the mTLS side.
+    pub kx_group: Option<String>,
+    /// Negotiated ALPN protocol.
+    pub alpn: Option<String>,
+    /// Server name the client sent (inbound) or the proxy sent (outbound).
+    pub sni: Option<String>,
+    /// Allow, deny or audit; absent when the connection failed before a decision.
+    pub decision: Option<Outcome>,
+    /// Whether a dry-run (non-enforced) policy matched and would have decided differently.
+    pub dry_run: bool,
+    /// The policy that decided, if any.
+    pub policy: Option<String>,
+    /// The rule within the policy, if any.
+    pub rule: Option<String>,
+    /// Why: the policy's reason, or the failure in words.
+    pub reason: Option<String>,
+    /// Where a failure happened.
+    pub error_class: Option<ErrorClass>,
+    /// The HTTP fields of a request line (`null` on connection lines).
+    pub http: Option<Box<crate::http::record::HttpFields>>,
+}
+
+impl ConnectionRecord {
+    /// A record for a connection accepted now, with every later field empty.
+    pub fn new(direction: Direction, listener: &str, source_addr: SocketAddr) -> Self {
+        Self {
+            start_time: jiff::Timestamp::now().to_string(),
+            duration_ms: 0.0,
+            direction,
+            listener: listener.to_owned(),
+            source_addr,
+            peer_id: None,
+            local_id: None,
+            original_dst: None,
+            upstream: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            tls_version: None,
+            cipher_suite: None,
+            kx_group: None,
+            alpn: None,
+            sni: None,
+            decision: None,
+            dry_run: false,
+            policy: None,
+            rule: None,
+            reason: None,
+            error_class: None,
+            http: None,
+        }
+    }
+
+    /// Marks the connection failed with a class and a reason in words.
+    pub fn fail(&mut self, class: ErrorClass, reason: impl Into<String>) {
+        self.error_class = Some(class);
+        self.reason = Some(reason.into());
+    }
+}
+
+/// The sending side of the access log; cheap to clone, never blocks.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    queue: mpsc::Sender<ConnectionRecord>,
+    dropped: Counter,
+}
+
+// === impl AccessLog ===
+
+impl AccessLog {
+    /// Opens the log (`-` for stdout, else a file appended to) and starts its writer task. The
+    /// task ends once every `AccessLog` clone is dropped and the queue is written out.
+    pub async fn open(
+        path: &Path,
+        queue: usize,
+        dropped: Counter,
+    ) -> io::Result<(Self, JoinHandle<()>)> {
+        let out: Box<dyn AsyncWrite + Send + Unpin> = if path.as_os_str() == "-" {
+            Box::new(tokio::io::stdout())
+        } else {
+            Box::new(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .await
+                    .map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("cannot open access log {}: {e}", path.display()),
+                        )
+                    })?,
+            )
+        };
+        Ok(Self::with_writer(out, queue, dropped))
+    }
+
+    /// Starts a writer task over any sink (tests use an in-memory pipe).
+    pub fn with_writer<W>(out: W, queue: usize, dropped: Counter) -> (Self, JoinHandle<()>)
+    where
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let task = tokio::spawn(write_lines(rx, out));
+        (Self { queue: tx, dropped }, task)
+    }
+
+    /// Queues a record; when the queue is full the record is dropped and counted.
+    pub fn record(&self, record: ConnectionRecord) {
+        if self.queue.try_send(record).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    /// Lines dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+}
+
+async fn write_lines<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<ConnectionRecord>, out: W) {
+    let mut out = BufWriter::new(out);
+    let mut line = Vec::with_capacity(1024);
+    while let Some(record) = rx.recv().await {
+        line.clear();
+        if serde_json::to_writer(&mut line, &record).is_err() {
+            tracing::error!("an access-log record could not be encoded; it is skipped");
+            continue;
+        }
+        line.push(b'\n');
+        let written = async {
+            out.write_all(&line).await?;
+            // Flush when the queue is empty: one write per burst, not per line.
+            if rx.is_empty() {
+                out.flush().await
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(error) = written.await {
+            tracing::error!(%error, "writing the access log failed; this line is lost");
+        }
+    }
+    let _ = out.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    fn record(n: u64) -> ConnectionRecord {
+        let mut r = ConnectionRecord::new(
+            Direction::Inbound,
+            "inbound:test",
+            "127.0.0.1:4000".parse().unwrap(),
+        );
+        r.bytes_in = n;
+        r.decision = Some(Outcome::Deny);
+        r.policy = Some("deny-all".into());
+        r.fail(ErrorClass::Policy, "no allow policy matched");
+        r
+    }
+
+    #[tokio::test]
+    async fn each_record_is_one_json_line_with_every_field() {
+        let (sink, source) = tokio::io::duplex(1 << 16);
+        let (log, task) = AccessLog::with_writer(sink, 16, Counter::default());
+        log.record(record(1));
+        log.record(record(2));
+        drop(log);
+        task.await.unwrap();
+        let mut lines = tokio::io::BufReader::new(source).lines();
+        let first: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        for field in [
+            "start_time",
+            "duration_ms",
+            "direction",
+            "listener",
+            "source_addr",
+            "peer_id",
+            "local_id",
+            "original_dst",
+            "upstream",
+            "bytes_in",
+            "bytes_out",
+            "tls_version",
+            "cipher_suite",
+            "kx_group",
+            "alpn",
+            "sni",
+            "decision",
+            "dry_run",
+            "policy",
+            "rule",
+            "reason",
+            "error_class",
+        ] {
+            assert!(first.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(first["decision"], "deny");
+        assert_eq!(first["error_class"], "policy");
+        assert_eq!(first["direction"], "inbound");
+        let second: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(second["bytes_in"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        // A sink nobody reads, with no room: the writer stalls on its first line.
+        let (sink, _unread) = tokio::io::duplex(1);
+        let dropped = Counter::default();
+        let (log, _task) = AccessLog::with_writer(sink, 4, dropped.clone());
+        for n in 0..1000 {
+            log.record(record(n)); // returns at once even though nothing is written
+        }
+        assert!(dropped.get() >= 1000 - 4 - 1, "dropped {}", dropped.get());
+        assert_eq!(log.dropped(), dropped.get());
+    }
+}

@@ -1,0 +1,186 @@
+//! Outbound HTTP: plaintext HTTP/1.1 or HTTP/2 from the app, carried to the peer sidecar over
+//! one pooled, multiplexed HTTP/2 mTLS connection (ALPN `h2`). HTTP/1 requests are marked with
+//! their original version ([`super::orig_proto`]) so the peer restores it for its app.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::body::ProxyBody;
+use super::exchange::{Exchange, InFlight, Reporting};
+use super::orig_proto::{strip_connection_headers, upgrade_to_h2};
+use super::pool::{Connector, H2Pool, Io, UpstreamError};
+use super::upgrade::{self, is_upgrade};
+use super::respond;
+use super::serve::{ServeOutcome, serve_connection};
+use super::settings::HttpSettings;
+use crate::access_log::{ConnectionRecord, ErrorClass, Outcome};
+use crate::config::Target;
+
+/// ALPN protocol id of HTTP/2.
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol id of HTTP/1.1.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN protocol id of opaque TCP between meshguard sidecars.
+pub const ALPN_OPAQUE: &[u8] = b"meshguard-tcp/1";
+
+/// One outbound HTTP listener's fixed parts.
+#[derive(Debug, Clone)]
+pub struct OutboundHttp {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    target: Target,
+    settings: Arc<HttpSettings>,
+    reporting: Reporting,
+    peer: H2Pool,
+    /// Dedicated mTLS connections (ALPN http/1.1) for Upgrade and CONNECT.
+    upgrade_connect: Connector,
+}
+
+struct Connection {
+    proxy: Arc<Inner>,
+    record: ConnectionRecord,
+    in_flight: Arc<InFlight>,
+}
+
+impl OutboundHttp {
+    /// An outbound HTTP proxy to the peer sidecar at `target`. `client` is the listener's mTLS
+    /// client config (with its expected identities); ALPN `h2` is set here.
+    pub fn new(
+        target: Target,
+        sni: Option<String>,
+        client: &ClientConfig,
+        settings: Arc<HttpSettings>,
+        reporting: Reporting,
+        timeouts: (Duration, Duration),
+    ) -> Self {
+        let mut h2 = client.clone();
+        h2.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let peer = H2Pool::new(mtls_connector(target.clone(), sni.clone(), Arc::new(h2), timeouts), settings.clone());
+        let mut h1 = client.clone();
+        h1.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        let upgrade_connect = mtls_connector(target.clone(), sni, Arc::new(h1), timeouts);
+        Self { inner: Arc::new(Inner { target, settings, reporting, peer, upgrade_connect }) }
+    }
+
+    /// Serves one plaintext connection from the app until it ends.
+    pub async fn serve<I>(&self, io: I, record: ConnectionRecord, stop: tokio_util::sync::CancellationToken) -> ServeOutcome
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let connection = Arc::new(Connection { proxy: self.inner.clone(), record, in_flight: Arc::default() });
+        let in_flight = connection.in_flight.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let connection = connection.clone();
+            async move { Ok::<_, Infallible>(connection.handle(request).await) }
+        });
+        serve_connection(io, &self.inner.settings, service, in_flight, &self.inner.reporting, stop).await
+    }
+}
+
+impl Connection {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let proxy = &self.proxy;
+        let mut exchange = Exchange::start(&mut request, &self.record, &proxy.reporting, &self.in_flight);
+        let grpc = respond::is_grpc(request.headers());
+        if is_upgrade(&request) {
+            return self.forward_upgrade(request, exchange).await;
+        }
+        if let Err(error) = upgrade_to_h2(&mut request) {
+            proxy.reporting.metrics.refused(&proxy.reporting.listener, "bad_request");
+            exchange.line.fail(ErrorClass::Downstream, error.to_string());
+            let response = respond::bad_request(grpc, &exchange.fields.request_id, &error.to_string());
+            return exchange.finish(response);
+        }
+        // Outbound does not authorize (the peer does); the line says it was forwarded.
+        exchange.line.decision = Some(Outcome::Allow);
+        exchange.set_decision();
+        exchange.line.upstream = Some(proxy.target.to_string());
+        let request = exchange.count_request(request);
+        exchange.forwarded = Some(Instant::now());
+        match tokio::time::timeout(proxy.settings.request_timeout, proxy.peer.send(request)).await {
+            Ok(Ok(mut response)) => {
+                strip_connection_headers(response.headers_mut());
+                exchange.finish(response)
+            }
+            Ok(Err(error)) => {
+                let reason = format!("the peer sidecar at {} failed: {error}", proxy.target);
+                tracing::warn!(listener = %proxy.reporting.listener, upstream = %proxy.target, %reason, "outbound request failed");
+                exchange.line.fail(ErrorClass::Upstream, reason.clone());
+                let response = respond::upstream_failed(grpc, false, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                exchange.finish(response)
+            }
+            Err(_) => {
+                let reason = format!("the peer sidecar at {} did not answer within {:?}", proxy.target, proxy.settings.request_timeout);
+                exchange.line.fail(ErrorClass::Upstream, reason.clone());
+                let response = respond::upstream_failed(grpc, true, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                exchange.finish(response)
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// Upgrade and CONNECT: a dedicated HTTP/1.1 mTLS connection to the peer, then a tunnel.
+    async fn forward_upgrade(&self, request: Request<Incoming>, mut exchange: Exchange) -> Response<ProxyBody> {
+        let proxy = &self.proxy;
+        exchange.line.decision = Some(Outcome::Allow);
+        exchange.set_decision();
+        exchange.line.upstream = Some(proxy.target.to_string());
+        exchange.forwarded = Some(Instant::now());
+        let forwarded = async {
+            let io = proxy.upgrade_connect.connect().await.map_err(UpstreamError::Connect)?;
+            upgrade::forward(request, io).await
+        };
+        match tokio::time::timeout(proxy.settings.request_timeout, forwarded).await {
+            Ok(Ok(response)) => exchange.finish(response),
+            Ok(Err(error)) => {
+                let reason = format!("the peer sidecar at {} failed the upgrade: {error}", proxy.target);
+                exchange.line.fail(ErrorClass::Upstream, reason.clone());
+                let response = respond::upstream_failed(false, false, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                exchange.finish(response)
+            }
+            Err(_) => {
+                let reason = format!("the peer sidecar at {} did not answer the upgrade in time", proxy.target);
+                exchange.line.fail(ErrorClass::Upstream, reason.clone());
+                let response = respond::upstream_failed(false, true, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                exchange.finish(response)
+            }
+        }
+    }
+}
+
+/// Opens mTLS connections to `target`; the config's verifier refuses unexpected identities.
+pub fn mtls_connector(
+    target: Target,
+    sni: Option<String>,
+    client: Arc<ClientConfig>,
+    (connect_timeout, handshake_timeout): (Duration, Duration),
+) -> Connector {
+    Connector::new(move || {
+        let (target, sni, client) = (target.clone(), sni.clone(), client.clone());
+        Box::pin(async move {
+            let tcp = crate::upstream::connect(&target, connect_timeout)
+                .await
+                .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+            let name = sni.as_deref().unwrap_or(target.host()).to_owned();
+            let server_name =
+                ServerName::try_from(name.clone()).map_err(|_| format!("`{name}` is not a valid TLS server name; set `sni`"))?;
+            let handshake = TlsConnector::from(client).connect(server_name, tcp);
+            let tls = tokio::time::timeout(handshake_timeout, handshake)
+                .await
+                .map_err(|_| format!("mTLS handshake with {target} timed out"))?
+                .map_err(|e| format!("mTLS to {target} failed: {}", crate::tls_error::classify(&e).reason))?;
+            Ok(Box::new(tls) as Box<dyn Io>)
+        })
+    })
+}
