@@ -339,3 +339,48 @@ fn break_glass_grants_expire_and_mark_decisions() {
         2
     );
 }
+
+#[test]
+fn eval_explains_what_actually_did_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        "[[policy]]\nname = \"nets\"\naction = \"allow\"\nsource_cidrs = [\"10.0.0.0/8\"]\n\n\
+         [[policy]]\nname = \"port\"\naction = \"allow\"\nports = [8443]\n\n\
+         [[policy]]\nname = \"interns\"\naction = \"deny\"\nrego = \"m.rego\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("m.rego"),
+        "package x\ndeny_reason contains \"interns\" if { input.principal == \"spiffe://b/intern\" }\n",
+    )
+    .unwrap();
+    let input = dir.path().join("conn.json");
+    std::fs::write(
+        &input,
+        r#"{"principal": "spiffe://b/staff", "time": "2026-11-23T10:00:00Z"}"#,
+    )
+    .unwrap();
+    let o = policy(&[
+        "eval",
+        p.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert!(!out.contains("needs an HTTP request"), "{out}");
+    assert!(
+        out.contains("nets (allow): no match: `source_cidrs` needs the source address"),
+        "{out}"
+    );
+    assert!(
+        out.contains("port (allow): no match: `ports` needs the destination port"),
+        "{out}"
+    );
+    assert!(!out.contains("`allow` is not true"), "{out}");
+    assert!(
+        out.contains("interns (deny): no match: the Rego module permits this request"),
+        "{out}"
+    );
+}

@@ -1,4 +1,32 @@
 //! meshguard's load generator and harness: it measures handshakes, forwarding throughput and
-//! latency at a fixed rate against meshguard, direct connections and peer proxies.
+//! latency at a fixed rate against meshguard, direct connections and peer proxies, open loop and
+//! from each request's intended send time, so a stalled target shows in the percentiles.
 //!
-//! Not built yet: see the perf issue.
+//! # Layout
+//! - [`rate`], [`pacer`], [`engine`]: the open-loop schedule, the thread that keeps it, and the
+//!   runner that drives one [`engine::Exchange`] per connection (or closed loop for `--rate max`).
+//! - [`recorder`], [`report`]: HdrHistograms in microseconds, errors by kind, and the report
+//!   printed as a table and written as JSON.
+//! - [`connect`], [`tls`]: TCP plus optional TLS/mTLS with identity's profile.
+//! - [`http`], [`handshake`], [`tcp`]: the `perf http`, `perf handshake` and `perf tcp` modes.
+//! - [`upstream`]: the built-in fast upstream (HTTP/1.1, HTTP/2 and TCP echo on one port).
+//! - [`measure`]: each mode's run, from arguments to [`report::Report`].
+//! - [`cli`]: the `meshguard perf` arguments and the runtime that runs them.
+//! - `benches/`: criterion benches of the fast path: full and resumed mTLS handshakes in memory,
+//!   and the copy loop over an in-memory duplex and loopback TCP.
+
+pub mod cli;
+pub mod connect;
+pub mod engine;
+pub mod handshake;
+pub mod http;
+pub mod measure;
+pub mod pacer;
+pub mod rate;
+pub mod recorder;
+pub mod report;
+pub mod tcp;
+pub mod tls;
+pub mod upstream;
+
+pub use cli::{Command, run};

@@ -83,18 +83,10 @@ impl DecisionRecord {
     pub fn new(req: &Request<'_>, decision: &Decision, eval_ns: u64, redact: &[String]) -> Self {
         let mut headers = BTreeMap::new();
         if let Some(h) = req.headers {
-            h.for_each(&mut |name, value| {
-                let name = name.to_ascii_lowercase();
+            for (name, value) in crate::request::joined(h) {
                 let hidden = ALWAYS_REDACTED.contains(&name.as_str()) || redact.contains(&name);
-                headers.insert(
-                    name,
-                    if hidden {
-                        REDACTED.to_owned()
-                    } else {
-                        value.to_owned()
-                    },
-                );
-            });
+                headers.insert(name, if hidden { REDACTED.to_owned() } else { value });
+            }
         }
         Self {
             decision_id: new_decision_id(),

@@ -140,7 +140,9 @@ fn parse_days(text: &str) -> Result<u8, String> {
 fn parse_clock(text: &str, is_end: bool) -> Result<u16, String> {
     let bad = || format!("time {text:?} must be \"HH:MM\" on a 24-hour clock, e.g. \"09:00\"");
     let (h, m) = text.split_once(':').ok_or_else(bad)?;
-    if h.len() != 2 || m.len() != 2 {
+    // `u16::from_str` accepts a sign (`"+9"`): require the digits themselves.
+    let digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(h) || !digits(m) {
         return Err(bad());
     }
     let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
@@ -205,6 +207,9 @@ mod tests {
         assert_eq!(parse_days("sat, sun").unwrap(), 0b110_0000);
         assert!(parse_days("Mon-Funday").is_err());
         assert!(Hours::new(None, "9:00", "17:00", None).is_err());
+        for bad in ["+9:00", "-9:00", "0x:00", "09:+5", " 9:00", "09: 5"] {
+            assert!(Hours::new(None, bad, "17:00", None).is_err(), "{bad}");
+        }
         assert!(Hours::new(None, "09:00", "24:00", None).is_ok());
         assert!(Hours::new(None, "24:00", "09:00", None).is_err());
         assert!(Hours::new(None, "09:00", "09:00", None).is_err());

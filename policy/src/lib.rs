@@ -26,6 +26,7 @@ pub mod lockout;
 pub mod pattern;
 pub mod policy;
 pub mod rego;
+mod rego_text;
 pub mod replay;
 pub mod request;
 pub mod set;

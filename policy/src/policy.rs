@@ -3,6 +3,7 @@
 //! connection-level request, an unknown address or port) is *unknown*: an allow policy then does not
 //! match, a deny policy does (fail closed).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -83,12 +84,15 @@ pub struct Miss {
     pub unknown: bool,
 }
 
-/// A request with its derived attributes (trust domain, host without port, path without query)
-/// worked out once per decision instead of once per policy.
+/// A request with its derived attributes (trust domain, host without port, path without query,
+/// canonical source address) worked out once per decision instead of once per policy.
 #[derive(Clone, Copy)]
 pub(crate) struct Attrs<'r> {
     pub(crate) req: Request<'r>,
     http: bool,
+    /// An IPv4-mapped IPv6 address (`::ffff:192.0.2.7`, what a dual-stack socket reports for an
+    /// IPv4 client) as its IPv4 form, so IPv4 CIDRs cannot be bypassed by the mapped spelling.
+    source_ip: Option<IpAddr>,
     trust_domain: Option<&'r str>,
     host: Option<&'r str>,
     path: Option<&'r str>,
@@ -100,6 +104,7 @@ impl<'r> Attrs<'r> {
         Self {
             req: *req,
             http,
+            source_ip: req.source_ip.map(|ip| ip.to_canonical()),
             trust_domain: req.principal.and_then(trust_domain_of),
             host: if http { req.host_name() } else { None },
             path: if http { req.path_only() } else { None },
@@ -177,7 +182,7 @@ impl Policy {
         step(
             "source_cidrs",
             self.source_cidrs
-                .check(req.source_ip, fc, |n, ip| n.contains(&ip)),
+                .check(attrs.source_ip, fc, |n, ip| n.contains(&ip)),
         )?;
         step("ports", self.ports.check(req.port, fc, |p, v| *p == v))?;
         step(
@@ -221,15 +226,17 @@ impl Policy {
                 Check::Unknown
             };
         }
-        let value = |name: &str| req.headers.and_then(|h| h.get(name));
-        let all_present = self
-            .headers
-            .iter()
-            .all(|(name, p)| value(name).is_some_and(|v| p.matches_ignore_case(v)));
-        let none_forbidden = self
-            .not_headers
-            .iter()
-            .all(|(name, p)| !value(name).is_some_and(|v| p.matches_ignore_case(v)));
+        // Any value of a repeated header may match; a value that is not text matches only `*`.
+        let hit = |name: &str, p: &Pattern| {
+            req.headers.is_some_and(|h| {
+                h.any_value(name, &mut |v| match v {
+                    Some(v) => p.matches_ignore_case(v),
+                    None => matches!(p, Pattern::Any),
+                })
+            })
+        };
+        let all_present = self.headers.iter().all(|(name, p)| hit(name, p));
+        let none_forbidden = self.not_headers.iter().all(|(name, p)| !hit(name, p));
         if all_present && none_forbidden {
             Check::Match
         } else {

@@ -19,6 +19,7 @@ use regorus::rvm::vm::RegoVM;
 use regorus::{Engine, Value};
 
 use crate::decision::Reasons;
+use crate::rego_text::{precheck, regorus_error};
 use crate::request::Request;
 use crate::{Location, PolicyError};
 
@@ -42,6 +43,10 @@ pub struct RegoPolicy {
     allow_entry: Option<usize>,
     deny_entry: Option<usize>,
     pool: Mutex<Vec<RegoVM>>,
+    /// The module loaded in regorus's interpreter with strict builtin errors, to confirm a
+    /// permitting deny-side result (see [`RegoPolicy::confirm`]); cloned per use, pooled.
+    strict: Engine,
+    strict_pool: Mutex<Vec<Engine>>,
 }
 
 impl fmt::Debug for RegoPolicy {
@@ -67,17 +72,7 @@ impl RegoPolicy {
             },
             message,
         };
-        if let Some(line) = source
-            .lines()
-            .position(|l| uncommented(l).contains("time.now_ns"))
-        {
-            return Err(fail(
-                line + 1,
-                "the module calls time.now_ns; decisions must be replayable, so read the proxy's \
-                 clock from input.time (time.parse_rfc3339_ns(input.time))"
-                    .into(),
-            ));
-        }
+        precheck(path, source)?;
         let mut engine = Engine::new();
         let package = match engine.add_policy(name.clone(), source.to_owned()) {
             Ok(package) => package,
@@ -106,10 +101,17 @@ impl RegoPolicy {
         };
         let compiled = engine
             .compile_with_entrypoint(&first.as_str().into())
-            .map_err(|e| fail(1, format!("cannot compile the module: {e}")))?;
+            .map_err(|e| compile_error(&name, "cannot compile the module", &e.to_string()))?;
         let entry_refs: Vec<&str> = entries.iter().map(String::as_str).collect();
-        let program = Compiler::compile_from_policy(&compiled, &entry_refs)
-            .map_err(|e| fail(1, format!("cannot compile the module to RVM bytecode: {e}")))?;
+        let program = Compiler::compile_from_policy(&compiled, &entry_refs).map_err(|e| {
+            compile_error(
+                &name,
+                "cannot compile the module to RVM bytecode",
+                &e.to_string(),
+            )
+        })?;
+        let mut strict = engine.clone();
+        strict.set_strict_builtin_errors(true);
         let rego = Self {
             path: path.to_owned(),
             package,
@@ -117,6 +119,8 @@ impl RegoPolicy {
             allow_entry: has_allow.then_some(0),
             deny_entry: has_deny.then_some(usize::from(has_allow)),
             pool: Mutex::new(Vec::new()),
+            strict,
+            strict_pool: Mutex::new(Vec::new()),
         };
         Ok(rego)
     }
@@ -135,12 +139,52 @@ impl RegoPolicy {
     /// With `allow_decides`, a true `allow` is the answer and `deny_reason` is evaluated only to
     /// explain a false one (half the work on the common, allowed path). Otherwise both run and a
     /// non-empty `deny_reason` always counts.
+    ///
+    /// The RVM treats an error inside a rule body (a failing builtin, even in strict mode) as that
+    /// body not matching, so a `deny_reason` whose body errs silently gives no reason. When
+    /// `deny_reason` decides (`!allow_decides`, or no `allow` rule) and the VM's answer permits,
+    /// the answer is confirmed by regorus's interpreter with strict builtin errors, which does
+    /// raise them; an error there fails closed. Only that (not denied) path pays for it.
     pub fn evaluate(&self, req: &Request<'_>, allow_decides: bool) -> Result<RegoResult, String> {
+        let deny_decides = !allow_decides || self.allow_entry.is_none();
+        let input = input_value(req);
+        // Kept only where a confirmation may need it (a `Value` clone shares its contents).
+        let kept = deny_decides.then(|| input.clone());
         let mut vm = self.take_vm();
-        vm.set_input(input_value(req));
+        vm.set_input(input);
         let result = self.run(&mut vm, allow_decides);
         self.put_vm(vm);
-        result
+        let result = result?;
+        if let Some(input) = kept
+            && result.allow
+            && result.deny_reasons.is_empty()
+        {
+            self.confirm(input)?;
+        }
+        Ok(result)
+    }
+
+    /// Evaluates the entry points in the strict interpreter; `Err` is the first builtin error.
+    fn confirm(&self, input: Value) -> Result<(), String> {
+        let pooled = self.strict_pool.lock().ok().and_then(|mut pool| pool.pop());
+        let mut engine = pooled.unwrap_or_else(|| self.strict.clone());
+        engine.set_input(input);
+        let mut outcome = Ok(());
+        for (present, rule) in [
+            (self.allow_entry.is_some(), "allow"),
+            (self.deny_entry.is_some(), "deny_reason"),
+        ] {
+            if present && let Err(e) = engine.eval_rule(format!("{}.{rule}", self.package)) {
+                outcome = Err(regorus_error(&e.to_string()).1);
+                break;
+            }
+        }
+        if let Ok(mut pool) = self.strict_pool.lock()
+            && pool.len() < POOL_SIZE
+        {
+            pool.push(engine);
+        }
+        outcome
     }
 
     fn run(&self, vm: &mut RegoVM, allow_decides: bool) -> Result<RegoResult, String> {
@@ -192,8 +236,9 @@ impl RegoPolicy {
             let mut vm = RegoVM::new();
             vm.load_program(self.program.clone());
             vm.set_max_instructions(MAX_INSTRUCTIONS);
-            // A failing builtin is an error, not `undefined`: a `not f(x)` in a deny rule must not
-            // turn an error into a pass.
+            // A failing builtin called directly in an entry point's expression is an error, not
+            // `undefined`. Errors inside rule bodies are still swallowed by the RVM; `evaluate`
+            // confirms permitting deny-side answers in the strict interpreter for that reason.
             vm.set_strict_builtin_errors(true);
             vm
         })
@@ -212,7 +257,8 @@ impl RegoPolicy {
 /// A module that fails to parse as v1 but parses as v0 is refused as v0; otherwise the v1 error
 /// is reported.
 fn refuse_v0_or_report(name: &str, source: &str, v1_error: &str) -> PolicyError {
-    let (line, column) = regorus_position(v1_error);
+    let (position, message) = regorus_error(v1_error);
+    let (line, column) = position.unwrap_or((1, 1));
     let at = Location {
         file: name.to_owned(),
         line,
@@ -223,37 +269,31 @@ fn refuse_v0_or_report(name: &str, source: &str, v1_error: &str) -> PolicyError 
     if v0.add_policy(name.to_owned(), source.to_owned()).is_ok() {
         return PolicyError::Rego {
             at,
-            message:
+            message: format!(
                 "this module is Rego v0 syntax, which meshguard refuses (in v0 a rule without \
-                `if` can silently allow everything); rewrite it as Rego v1: `allow if { ... }`, \
-                `deny_reason contains msg if { ... }`"
-                    .into(),
+                 `if` can silently allow everything); rewrite it as Rego v1: `allow if {{ ... }}`, \
+                 `deny_reason contains msg if {{ ... }}` (as v1: {message})"
+            ),
         };
     }
     PolicyError::Rego {
         at,
-        message: format!("not valid Rego v1: {}", first_line(v1_error)),
+        message: format!("not valid Rego v1: {message}"),
     }
 }
 
-/// Regorus errors start `file:line:col: error: ...`; pull the numbers out.
-fn regorus_position(error: &str) -> (usize, usize) {
-    let mut numbers = error
-        .split(':')
-        .skip(1)
-        .map(|part| part.trim().parse::<usize>().ok());
-    match (numbers.next().flatten(), numbers.next().flatten()) {
-        (Some(line), Some(column)) => (line, column),
-        _ => (1, 1),
+/// A compile error, placed where regorus says it is (else at the top of the module).
+fn compile_error(name: &str, what: &str, error: &str) -> PolicyError {
+    let (position, message) = regorus_error(error);
+    let (line, column) = position.unwrap_or((1, 1));
+    PolicyError::Rego {
+        at: Location {
+            file: name.to_owned(),
+            line,
+            column,
+        },
+        message: format!("{what}: {message}"),
     }
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().find(|l| !l.trim().is_empty()).unwrap_or(text)
-}
-
-fn uncommented(line: &str) -> &str {
-    line.split_once('#').map_or(line, |(code, _)| code)
 }
 
 /// Builds the `input` document.
@@ -266,7 +306,8 @@ pub(crate) fn input_value(req: &Request<'_>) -> Value {
         put("principal", Value::from(p));
     }
     if let Some(ip) = req.source_ip {
-        put("source_ip", Value::from(ip.to_string()));
+        // Canonical, as native CIDR matching sees it: `::ffff:10.0.0.5` is `10.0.0.5`.
+        put("source_ip", Value::from(ip.to_canonical().to_string()));
     }
     if let Some(port) = req.port {
         put("port", Value::from(u64::from(port)));
@@ -282,10 +323,10 @@ pub(crate) fn input_value(req: &Request<'_>) -> Value {
         }
     }
     if let Some(headers) = req.headers {
-        let mut map = BTreeMap::new();
-        headers.for_each(&mut |k, v| {
-            map.insert(Value::from(k.to_ascii_lowercase()), Value::from(v));
-        });
+        let map: BTreeMap<Value, Value> = crate::request::joined(headers)
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), Value::from(v)))
+            .collect();
         put("headers", Value::from(map));
     }
     put("time", Value::from(req.time.to_string()));

@@ -17,16 +17,37 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// Header lookup by lower-case name, implemented for the maps the proxy and the CLI hold.
+///
+/// One rule everywhere: a header may carry several values (repeated fields). Matching asks
+/// whether ANY value matches; the Rego input and the decision log see the values joined with
+/// `", "` in order, as HTTP combines them ([`joined`]). A value that is not valid UTF-8 is
+/// present but has no text: it matches `*` and presence checks, never a literal pattern.
 pub trait Headers {
-    /// The value of header `name` (lower case), if present and valid UTF-8.
-    fn get(&self, name: &str) -> Option<&str>;
-    /// Calls `f` for every header (used only to build a Rego input or a log record).
+    /// Calls `f` with each value of header `name` (lower case), in order, until `f` returns true,
+    /// and says whether it did. A value that is not text is passed as `None`.
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(Option<&str>) -> bool) -> bool;
+    /// Calls `f` for every header field, repeated fields once per value (used only to build a
+    /// Rego input or a log record); a value that is not text comes lossily converted.
     fn for_each(&self, f: &mut dyn FnMut(&str, &str));
 }
 
+/// Every header by lower-case name, repeated values joined with `", "` in order.
+pub fn joined(headers: &dyn Headers) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    headers.for_each(&mut |k, v| {
+        map.entry(k.to_ascii_lowercase())
+            .and_modify(|all| {
+                all.push_str(", ");
+                all.push_str(v);
+            })
+            .or_insert_with(|| v.to_owned());
+    });
+    map
+}
+
 impl Headers for BTreeMap<String, String> {
-    fn get(&self, name: &str) -> Option<&str> {
-        BTreeMap::get(self, name).map(String::as_str)
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(Option<&str>) -> bool) -> bool {
+        BTreeMap::get(self, name).is_some_and(|v| f(Some(v)))
     }
     fn for_each(&self, f: &mut dyn FnMut(&str, &str)) {
         self.iter().for_each(|(k, v)| f(k, v));
@@ -34,8 +55,8 @@ impl Headers for BTreeMap<String, String> {
 }
 
 impl<S: std::hash::BuildHasher> Headers for HashMap<String, String, S> {
-    fn get(&self, name: &str) -> Option<&str> {
-        HashMap::get(self, name).map(String::as_str)
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(Option<&str>) -> bool) -> bool {
+        HashMap::get(self, name).is_some_and(|v| f(Some(v)))
     }
     fn for_each(&self, f: &mut dyn FnMut(&str, &str)) {
         self.iter().for_each(|(k, v)| f(k, v));
@@ -43,10 +64,10 @@ impl<S: std::hash::BuildHasher> Headers for HashMap<String, String, S> {
 }
 
 impl Headers for &[(&str, &str)] {
-    fn get(&self, name: &str) -> Option<&str> {
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(Option<&str>) -> bool) -> bool {
         self.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .any(|(_, v)| f(Some(v)))
     }
     fn for_each(&self, f: &mut dyn FnMut(&str, &str)) {
         self.iter().for_each(|(k, v)| f(k, v));
@@ -54,14 +75,14 @@ impl Headers for &[(&str, &str)] {
 }
 
 impl Headers for http::HeaderMap {
-    fn get(&self, name: &str) -> Option<&str> {
-        http::HeaderMap::get(self, name).and_then(|v| v.to_str().ok())
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(Option<&str>) -> bool) -> bool {
+        self.get_all(name)
+            .iter()
+            .any(|v| f(std::str::from_utf8(v.as_bytes()).ok()))
     }
     fn for_each(&self, f: &mut dyn FnMut(&str, &str)) {
         for (k, v) in self {
-            if let Ok(v) = v.to_str() {
-                f(k.as_str(), v);
-            }
+            f(k.as_str(), &String::from_utf8_lossy(v.as_bytes()));
         }
     }
 }
@@ -131,13 +152,7 @@ impl<'a> Request<'a> {
 
     /// An owned copy, for logs and the CLI.
     pub fn to_doc(&self) -> RequestDoc {
-        let headers = self.headers.map(|h| {
-            let mut map = BTreeMap::new();
-            h.for_each(&mut |k, v| {
-                map.insert(k.to_ascii_lowercase(), v.to_owned());
-            });
-            map
-        });
+        let headers = self.headers.map(joined);
         RequestDoc {
             principal: self.principal.map(str::to_owned),
             source_ip: self.source_ip,
@@ -253,7 +268,11 @@ mod tests {
         let req = doc.as_request(Timestamp::UNIX_EPOCH);
         assert_eq!(req.host_name(), Some("Ledger"));
         assert_eq!(req.path_only(), Some("/a"));
-        assert_eq!(req.headers.unwrap().get("x-role"), Some("auditor"));
+        assert!(
+            req.headers
+                .unwrap()
+                .any_value("x-role", &mut |v| v == Some("auditor"))
+        );
         assert!(!req.is_connection_level());
         assert_eq!(req.to_doc(), doc);
         assert!(RequestDoc::from_json(r#"{"princpal":"x"}"#).is_err());

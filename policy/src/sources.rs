@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest;
 
-use crate::PolicyError;
 use crate::spec::FileSpec;
+use crate::{Location, PolicyError};
 
 /// One file's path and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +49,20 @@ impl Sources {
                 text,
             });
         }
-        for rego_path in sources.rego_paths()? {
+        for (rego_path, named_at) in sources.rego_refs()? {
             if let std::collections::btree_map::Entry::Vacant(slot) = sources.rego.entry(rego_path)
             {
-                let text = read(slot.key())?;
+                // Point at the policy file line that names the module: that is what to fix.
+                let text = std::fs::read_to_string(slot.key()).map_err(|e| {
+                    PolicyError::invalid(
+                        named_at,
+                        format!(
+                            "cannot read Rego module {}: {e}; check the `rego` path (relative to \
+                             this file)",
+                            slot.key().display()
+                        ),
+                    )
+                })?;
                 slot.insert(text);
             }
         }
@@ -77,12 +87,24 @@ impl Sources {
 
     /// The Rego module paths the policy files name, resolved against each file's directory.
     pub fn rego_paths(&self) -> Result<Vec<PathBuf>, PolicyError> {
+        Ok(self
+            .rego_refs()?
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect())
+    }
+
+    /// The Rego module paths with where each is named.
+    fn rego_refs(&self) -> Result<Vec<(PathBuf, Location)>, PolicyError> {
         let mut out = Vec::new();
         for file in &self.policies {
             let spec = FileSpec::parse(&file.path, &file.text)?;
             for policy in &spec.policy {
                 if let Some(rego) = &policy.rego {
-                    out.push(resolve(&file.path, rego.get_ref()));
+                    out.push((
+                        resolve(&file.path, rego.get_ref()),
+                        crate::spec::location(&file.path, &file.text, rego),
+                    ));
                 }
             }
         }
@@ -139,4 +161,28 @@ fn read(path: &Path) -> Result<String, PolicyError> {
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_rego_module_points_at_the_line_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("p.toml");
+        std::fs::write(
+            &policy,
+            "[[policy]]\nname = \"r\"\naction = \"allow\"\nrego = \"missing.rego\"\n",
+        )
+        .unwrap();
+        let err = Sources::read(std::slice::from_ref(&policy), None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("{}:4:8: ", policy.display())),
+            "{text}"
+        );
+        assert!(text.contains("missing.rego"), "{text}");
+        assert_eq!(err.location().map(|at| at.line), Some(4));
+    }
 }

@@ -200,11 +200,13 @@ string_newtype!(
     }
 );
 string_newtype!(
-    /// A CIDR block such as `10.0.0.0/8`; a bare address means a single host.
+    /// A CIDR block such as `10.0.0.0/8`; a bare address means a single host. An IPv4-mapped
+    /// block (`::ffff:192.0.2.0/120`) is stored as its IPv4 form, since requests' source
+    /// addresses are compared in canonical form.
     Cidr(ipnet::IpNet), |t| {
         t.parse::<ipnet::IpNet>()
             .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map(|net| net.trunc())
+            .map(|net| canonical_net(net.trunc()))
             .map_err(|_| format!("{t:?} is not a CIDR block such as \"10.0.0.0/8\" or an IP address"))
     }
 );
@@ -217,6 +219,17 @@ string_newtype!(
         Ok(t.to_ascii_lowercase())
     }
 );
+
+/// `::ffff:a.b.c.d/n` with `n >= 96` as `a.b.c.d/(n - 96)`; anything else unchanged.
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
+}
 
 impl<'de> Deserialize<'de> for Hours {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

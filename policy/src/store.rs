@@ -160,7 +160,8 @@ mod tests {
 
         // A missing Rego module is an error too, and also keeps the revision.
         std::fs::write(&file, format!("{GOOD}rego = \"missing.rego\"\n")).unwrap();
-        assert!(matches!(store.reload(), Err(PolicyError::Read { .. })));
+        let err = store.reload().unwrap_err();
+        assert_eq!(err.location().map(|at| at.line), Some(5), "{err}");
         assert_eq!(store.revision(), good);
 
         std::fs::write(&file, GOOD.replace("GET", "POST")).unwrap();

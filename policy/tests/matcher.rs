@@ -448,3 +448,89 @@ fn request_doc_round_trips_through_evaluation() {
     assert_eq!(json["reasons"], serde_json::json!([]));
     assert_eq!(json["dry_run"], serde_json::json!([]));
 }
+
+#[test]
+fn ipv4_mapped_ipv6_sources_match_ipv4_cidrs() {
+    let s = set(r#"
+default = "allow-authenticated"
+
+[[policy]]
+name = "block-test-net"
+action = "deny"
+source_cidrs = ["192.0.2.0/24"]
+
+[[policy]]
+name = "mapped-form-in-the-file"
+action = "deny"
+source_cidrs = ["::ffff:198.51.100.0/120"]
+"#);
+    for (ip, expect) in [
+        ("192.0.2.7", Outcome::Deny),
+        ("::ffff:192.0.2.7", Outcome::Deny),
+        ("198.51.100.9", Outcome::Deny),
+        ("::ffff:198.51.100.9", Outcome::Deny),
+        ("203.0.113.1", Outcome::Allow),
+        ("::ffff:203.0.113.1", Outcome::Allow),
+    ] {
+        let mut r = l4(Some(PAY));
+        r.source_ip = Some(ip.parse::<IpAddr>().unwrap());
+        assert_eq!(s.evaluate(&r).outcome, expect, "{ip}");
+    }
+    let allow = set(
+        "[[policy]]\nname = \"a\"\naction = \"allow\"\nnot_source_cidrs = [\"192.0.2.0/24\"]\n",
+    );
+    let mut r = l4(Some(PAY));
+    r.source_ip = Some("::ffff:192.0.2.7".parse::<IpAddr>().unwrap());
+    assert_eq!(allow.evaluate(&r).outcome, Outcome::Deny);
+}
+
+#[test]
+fn repeated_and_non_text_headers_are_read_one_way() {
+    use meshguard_policy::{DecisionRecord, RequestDoc};
+    let s = set(r#"
+[[policy]]
+name = "auditors"
+action = "allow"
+headers = { "x-role" = "auditor" }
+not_headers = { "x-debug" = "*" }
+"#);
+    // A header matches when any of its values matches, whichever comes first.
+    let both: &[(&str, &str)] = &[("x-role", "intern"), ("X-Role", "auditor")];
+    let mut r = http(Some(PAY), "GET", "/");
+    r.headers = Some(&both);
+    assert_eq!(s.evaluate(&r).outcome, Outcome::Allow);
+    let reversed: &[(&str, &str)] = &[("x-role", "auditor"), ("x-role", "intern")];
+    r.headers = Some(&reversed);
+    assert_eq!(s.evaluate(&r).outcome, Outcome::Allow);
+    // The Rego input and the log see every value, joined with ", " as HTTP does.
+    let doc: RequestDoc = r.to_doc();
+    assert_eq!(doc.headers.unwrap()["x-role"], "auditor, intern");
+    let log = DecisionRecord::new(&r, &s.evaluate(&r), 0, &[]);
+    assert_eq!(log.input.headers["x-role"], "auditor, intern");
+
+    // A value that is not text is present: it matches `*` and never a literal.
+    let decide = |pairs: &[(&'static str, &'static [u8])]| {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, http::HeaderValue::from_bytes(v).unwrap());
+        }
+        let mut r = http(Some(PAY), "GET", "/");
+        r.headers = Some(&map);
+        s.evaluate(&r).outcome
+    };
+    assert_eq!(
+        decide(&[("x-role", b"auditor"), ("x-debug", b"\xff\xfe")]),
+        Outcome::Deny,
+        "x-debug is present"
+    );
+    assert_eq!(decide(&[("x-role", b"auditor")]), Outcome::Allow);
+    assert_eq!(
+        decide(&[("x-role", b"\xffx"), ("x-role", b"auditor")]),
+        Outcome::Allow
+    );
+    assert_eq!(
+        decide(&[("x-role", b"auditor\xff")]),
+        Outcome::Deny,
+        "not text is not \"auditor\""
+    );
+}

@@ -200,3 +200,96 @@ fn deny_policy_with_rego_uses_its_reasons() {
         None
     );
 }
+
+#[test]
+fn nondeterministic_builtins_are_refused_even_after_a_hash_in_a_string() {
+    let refused = |src: &str| RegoPolicy::compile(Path::new("n.rego"), src).map(|_| ());
+    for call in [
+        "time.now_ns()",
+        "rand.intn(\"k\", 10)",
+        "uuid.rfc4122(\"k\")",
+        "http.send({})",
+        "opa.runtime()",
+        "net.lookup_ip_addr(\"a\")",
+    ] {
+        let src = format!("package x\nallow if {{ x := \"#\"; y := `#\"`; {call} }}\n");
+        let err = refused(&src).unwrap_err().to_string();
+        assert!(err.starts_with("n.rego:2:"), "{call}: {err}");
+    }
+    // In a comment or a string, the names are harmless.
+    let ok = "package x\n# time.now_ns()\nallow if { x := \"time.now_ns() \\\" rand.intn\"; x != \"\" }\n";
+    refused(ok).unwrap();
+    let raw = "package x\nallow if { x := `time.now_ns() \\`; x != \"\" }\n";
+    refused(raw).unwrap();
+}
+
+#[test]
+fn syntax_errors_carry_regorus_position_and_message() {
+    let src = "package x\n\nallow if {\n  input.method == \"GET\"\n  x := \n}\n";
+    let err = RegoPolicy::compile(Path::new("m.rego"), src).unwrap_err();
+    let at = err.location().unwrap();
+    assert!(at.line >= 5, "{err}");
+    let text = err.to_string();
+    assert!(!text.contains("-->"), "{text}");
+    assert!(text.contains("not valid Rego v1: "), "{text}");
+    let message = text.split("not valid Rego v1: ").nth(1).unwrap();
+    assert!(
+        message.len() > 5 && !message.starts_with("m.rego"),
+        "{text}"
+    );
+    // A v0 module is refused at the place v1 parsing stopped.
+    let v0 = "package x\n\nallow {\n  input.method == \"GET\"\n}\n";
+    let at = RegoPolicy::compile(Path::new("m.rego"), v0)
+        .unwrap_err()
+        .location()
+        .unwrap()
+        .clone();
+    assert_eq!(at.line, 3, "{at}");
+}
+
+#[test]
+fn deep_nesting_is_refused_before_regorus_parses_it() {
+    let src = format!("package x\n\nallow if {{\n1 <= {}", "{".repeat(40));
+    let err = RegoPolicy::compile(Path::new("deep.rego"), &src).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("deep.rego:4:"), "{text}");
+    assert!(text.contains("nest"), "{text}");
+    // Brackets in strings and comments do not count.
+    let quoted = format!(
+        "package x\n# {}\nallow if {{ x := \"{}\"; x != \"\" }}\n",
+        "{".repeat(40),
+        "[".repeat(40)
+    );
+    RegoPolicy::compile(Path::new("q.rego"), &quoted).unwrap();
+    let big = format!("package x\nallow if {{ true }}\n#{}\n", "a".repeat(2 << 20));
+    let err = RegoPolicy::compile(Path::new("big.rego"), &big).unwrap_err();
+    assert!(err.to_string().contains("too large"), "{err}");
+}
+
+#[test]
+fn builtin_errors_in_a_deny_policy_fail_closed() {
+    let direct =
+        "package x\ndeny_reason contains \"bad\" if { time.parse_rfc3339_ns(\"yesterday\") > 0 }\n";
+    let helper = "package x\nstamp := time.parse_rfc3339_ns(input.headers[\"x-when\"])\n\
+                  deny_reason contains \"too old\" if { stamp < 0 }\n";
+    let req = doc(r#"{"method": "GET", "headers": {"x-when": "soon"}}"#);
+    for module in [direct, helper] {
+        let set = set_with_module("deny", module);
+        let d = set.evaluate(&req.as_request(Timestamp::UNIX_EPOCH));
+        assert_eq!(
+            (d.outcome, d.policy.as_deref()),
+            (Outcome::Deny, Some("r")),
+            "{module}: {d:?}"
+        );
+        assert!(
+            d.reasons[0].contains("Rego policy r failed") && d.reasons[0].contains("parse"),
+            "{:?}",
+            d.reasons
+        );
+    }
+    // Without the error the deny policy does not match and the default decides.
+    let fine = doc(r#"{"method": "GET", "headers": {"x-when": "2026-11-23T10:00:00Z"}}"#);
+    let set = set_with_module("deny", helper);
+    let d = set.evaluate(&fine.as_request(Timestamp::UNIX_EPOCH));
+    assert_eq!(d.policy, None, "{d:?}");
+}

@@ -1,4 +1,8 @@
-//! The admin server (loopback by default): `/live`, `/ready`, `/metrics`, `/certs`, `/config`.
+//! The admin server (loopback by default): `/live`, `/ready`, `/metrics`, `/certs`, `/config`,
+//! and the operator's controls: `GET /lockout` lists blocked callers, `DELETE
+//! /lockout?principal=ID` or `?source_ip=IP` (or `POST /lockout/clear?...`) lifts a block;
+//! `GET /break-glass` lists grants, `POST /break-glass` with JSON `{"principal", "for", "reason"}`
+//! adds one.
 //!
 //! `/ready` answers 200 only once credentials are loaded and every listener is bound, and 503 again
 //! while the proxy drains, so an orchestrator stops sending traffic before the listeners close.
@@ -9,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -17,7 +21,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::break_glass::{BreakGlassAdmin, GrantRequest, grant_json};
+use crate::lockout::{LockoutGuard, block_json};
 use crate::metrics::Metrics;
+use meshguard_policy::lockout::Caller;
+
+/// The largest admin request body read (a break-glass grant is a few hundred bytes).
+const MAX_BODY: usize = 16 * 1024;
 
 /// Whether the proxy can take traffic.
 #[derive(Debug, Default)]
@@ -68,6 +78,10 @@ pub struct AdminState {
     pub certs: CertsSummary,
     /// The effective config, secrets redacted.
     pub config: Arc<serde_json::Value>,
+    /// The lockout table, when `[lockout]` is configured.
+    pub lockout: Option<LockoutGuard>,
+    /// The break-glass grants file, when `[break_glass]` is configured.
+    pub break_glass: Option<Arc<BreakGlassAdmin>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -97,7 +111,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &request)) }
+                async move { Ok::<_, Infallible>(route(&state, request).await) }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -109,7 +123,14 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
     }
 }
 
-fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    if path == "/lockout" || path == "/lockout/clear" {
+        return lockout(state, &request);
+    }
+    if path == "/break-glass" {
+        return break_glass(state, request).await;
+    }
     if request.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -136,7 +157,116 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         "/config" => json(&state.config),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /live, /ready, /metrics, /certs or /config\n".to_owned(),
+            "not found: try /live, /ready, /metrics, /certs, /config, /lockout or /break-glass\n"
+                .to_owned(),
+        ),
+    }
+}
+
+fn lockout(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(guard) = &state.lockout else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "lockout is off: add a [lockout] section to the config to turn it on\n".to_owned(),
+        );
+    };
+    let clearing = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/lockout") => false,
+        (&Method::DELETE, "/lockout") | (&Method::POST, "/lockout/clear") => true,
+        _ => {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET /lockout, DELETE /lockout?principal=ID|source_ip=IP or POST /lockout/clear?...\n"
+                    .to_owned(),
+            );
+        }
+    };
+    if !clearing {
+        let blocks: Vec<_> = guard.list().iter().map(block_json).collect();
+        return json(&serde_json::Value::Array(blocks));
+    }
+    let query = request.uri().query().unwrap_or_default();
+    let mut caller = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        caller = match &*key {
+            "principal" => Some(Caller::Principal(value.as_ref().into())),
+            "source_ip" => match value.parse() {
+                Ok(ip) => Some(Caller::Address(ip)),
+                Err(_) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("source_ip `{value}` is not an IP address\n"),
+                    );
+                }
+            },
+            _ => caller,
+        };
+    }
+    let Some(caller) = caller else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "say whom to clear: ?principal=spiffe://... or ?source_ip=10.0.0.5\n".to_owned(),
+        );
+    };
+    if guard.clear(&caller) {
+        text(StatusCode::OK, format!("cleared {caller}\n"))
+    } else {
+        text(
+            StatusCode::NOT_FOUND,
+            format!("{caller} is not tracked: nothing to clear\n"),
+        )
+    }
+}
+
+async fn break_glass(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(admin) = &state.break_glass else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "break-glass is off: add `[break_glass] file = \"break-glass.toml\"` to the config\n"
+                .to_owned(),
+        );
+    };
+    let now = jiff::Timestamp::now();
+    match *request.method() {
+        Method::GET => match admin.list(now).await {
+            Ok(grants) => json(&grants),
+            Err(why) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
+        },
+        Method::POST => {
+            let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(error) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "cannot read the request body (at most {MAX_BODY} bytes): {error}\n"
+                        ),
+                    );
+                }
+            };
+            let grant: GrantRequest = match serde_json::from_slice(&body) {
+                Ok(grant) => grant,
+                Err(error) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "send JSON {{\"principal\": \"spiffe://...\", \"for\": \"15m\", \"reason\": \"...\"}}: {error}\n"
+                        ),
+                    );
+                }
+            };
+            match admin.grant(grant, now).await {
+                Ok(grant) => {
+                    let mut response = json(&grant_json(&grant, now));
+                    *response.status_mut() = StatusCode::CREATED;
+                    response
+                }
+                Err(why) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+            }
+        }
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET /break-glass or POST /break-glass\n".to_owned(),
         ),
     }
 }
@@ -194,6 +324,8 @@ mod tests {
             readiness: readiness.clone(),
             certs: Arc::new(|| serde_json::json!({"spiffe_id": "spiffe://td/x"})),
             config: Arc::new(serde_json::json!({"admin": {"listen": "127.0.0.1:15000"}})),
+            lockout: None,
+            break_glass: None,
         };
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(serve(listener, state, stopped));

@@ -40,7 +40,16 @@ impl Authorizer {
     /// Loads and compiles the policy file; a broken file is an error at start (there is no last
     /// good revision to keep yet).
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let store = PolicyStore::load(vec![PathBuf::from(path)], None)?;
+        Self::load_with_break_glass(path, None)
+    }
+
+    /// As [`Self::load`], also loading break-glass grants from `break_glass` (a missing file
+    /// holds no grants; the watcher picks it up once written).
+    pub fn load_with_break_glass(
+        path: &Path,
+        break_glass: Option<&Path>,
+    ) -> Result<Self, PolicyError> {
+        let store = PolicyStore::load(vec![PathBuf::from(path)], break_glass.map(Path::to_owned))?;
         Ok(Self {
             store: Arc::new(store),
             decision_log: None,

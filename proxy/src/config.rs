@@ -34,6 +34,18 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Limits and timeouts of `http` and `detect` listeners.
     pub http: crate::http::settings::HttpConfig,
+    /// Temporary blocks after repeated denials or failed handshakes; off when absent.
+    pub lockout: Option<crate::lockout::LockoutSettings>,
+    /// The break-glass grants file every inbound policy loads (and `POST /break-glass` writes).
+    pub break_glass: Option<BreakGlassConfig>,
+}
+
+/// The `[break_glass]` section.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassConfig {
+    /// The grants file (TOML `[[grant]]` tables); a missing file holds no grants.
+    pub file: PathBuf,
 }
 
 /// Exactly one identity source.
@@ -223,6 +235,9 @@ pub struct InboundConfig {
     pub protocol: Protocol,
     /// The policy file deciding which peers may connect (default deny).
     pub policy: PathBuf,
+    /// TLS towards `forward_to` (a gateway's legacy host); plain TCP when absent.
+    #[serde(default)]
+    pub forward_tls: Option<crate::legacy_tls::ForwardTls>,
     /// Open connections beyond which new ones are refused.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -244,6 +259,9 @@ pub struct OutboundConfig {
     /// Server name sent in the TLS ClientHello (SNI); defaults to the target's host name.
     #[serde(default)]
     pub sni: Option<String>,
+    /// Server-side TLS for the (legacy) clients of this listener; plain TCP when absent.
+    #[serde(default)]
+    pub listen_tls: Option<crate::legacy_tls::ListenTls>,
     /// `tcp` (this build), `http` or `detect`.
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
@@ -359,6 +377,10 @@ struct RawConfig {
     timeouts: Timeouts,
     #[serde(default)]
     http: crate::http::settings::HttpConfig,
+    #[serde(default)]
+    lockout: Option<Spanned<crate::lockout::LockoutSettings>>,
+    #[serde(default)]
+    break_glass: Option<BreakGlassConfig>,
 }
 
 /// A config file that cannot be used, with where and why.
@@ -415,7 +437,31 @@ impl Config {
             toml::from_str(text).map_err(|e| invalid(e.span(), e.message().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new("."));
 
+        if let Some(lockout) = &raw.lockout {
+            lockout
+                .get_ref()
+                .validate()
+                .map_err(|message| invalid(Some(lockout.span()), message))?;
+        }
+        for inbound in &raw.inbound {
+            if inbound.get_ref().forward_tls.is_some()
+                && inbound.get_ref().protocol != Protocol::Tcp
+            {
+                return Err(invalid(
+                    Some(inbound.span()),
+                    "`forward_tls` works with `protocol = \"tcp\"` only in this build".to_owned(),
+                ));
+            }
+        }
         for outbound in &raw.outbound {
+            if outbound.get_ref().listen_tls.is_some()
+                && outbound.get_ref().protocol != Protocol::Tcp
+            {
+                return Err(invalid(
+                    Some(outbound.span()),
+                    "`listen_tls` works with `protocol = \"tcp\"` only in this build".to_owned(),
+                ));
+            }
             if outbound.get_ref().expect.is_empty() {
                 return Err(invalid(
                     Some(outbound.span()),
@@ -479,6 +525,8 @@ impl Config {
             transparent: raw.transparent.map(Spanned::into_inner),
             timeouts: raw.timeouts,
             http: raw.http,
+            lockout: raw.lockout.map(Spanned::into_inner),
+            break_glass: raw.break_glass,
         };
         config.resolve_paths(base);
         Ok(config)
@@ -508,8 +556,20 @@ impl Config {
         if let Some(decision_log) = &mut self.decision_log {
             resolve(&mut decision_log.path);
         }
+        if let Some(break_glass) = &mut self.break_glass {
+            resolve(&mut break_glass.file);
+        }
         for inbound in &mut self.inbound {
             resolve(&mut inbound.policy);
+            if let Some(tls) = &mut inbound.forward_tls {
+                resolve(&mut tls.ca);
+            }
+        }
+        for outbound in &mut self.outbound {
+            if let Some(tls) = &mut outbound.listen_tls {
+                resolve(&mut tls.cert);
+                resolve(&mut tls.key);
+            }
         }
     }
 

@@ -1,9 +1,13 @@
 //! The forwarding fast path: copy bytes both ways between two streams until both sides are done.
 //!
-//! Each direction owns one buffer for the life of the connection (no allocation per chunk). It
-//! starts small so that idle connections stay cheap, and doubles (up to [`MAX_BUFFER`]) only when a
-//! read fills it completely, which is what a bulk flow does. A direction reads again only after its
-//! buffer was written out, so a slow reader slows its writer and memory stays bounded. When one side
+//! An idle connection holds no copy buffer at all. A direction reads into its worker thread's
+//! scratch buffer and writes straight from it; only when the writer cannot take every byte (a slow
+//! reader on the far side) does the rest move into a buffer the direction owns, and that buffer is
+//! released once it is written out and the reader has nothing more (the connection went quiet).
+//! A flow that keeps the writer busy keeps its buffer, so a bulk transfer allocates once, not per
+//! chunk. The read size starts small and doubles (up to [`MAX_BUFFER`]) only when a read fills it
+//! completely, which is what a bulk flow does. A direction reads again only after its bytes were
+//! written out, so a slow reader slows its writer and memory stays bounded. When one side
 //! ends its stream (EOF) the other side's write half is shut down (half-close) and the other
 //! direction keeps flowing. A connection with no bytes either way for the idle timeout is closed.
 
@@ -91,9 +95,17 @@ enum Side {
     Writer(io::Error),
 }
 
-/// One direction's state: its buffer, the unwritten part of it, and whether the reader ended.
+thread_local! {
+    /// Where reads land first: one per worker thread, so idle connections own no buffer.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One direction's state: its owned buffer (empty while nothing waits to be written), the
+/// unwritten part of it, the current read size, and whether the reader ended.
 struct Direction {
     buf: Vec<u8>,
+    /// How many bytes the next read asks for; grows for bulk flows.
+    read_size: usize,
     /// Bytes `[start, end)` of `buf` are read and not yet written.
     start: usize,
     end: usize,
@@ -107,7 +119,8 @@ struct Direction {
 impl Direction {
     fn new() -> Self {
         Self {
-            buf: vec![0; INITIAL_BUFFER],
+            buf: Vec::new(),
+            read_size: INITIAL_BUFFER,
             start: 0,
             end: 0,
             read_done: false,
@@ -128,26 +141,20 @@ impl Direction {
     {
         loop {
             if self.start == self.end && !self.read_done {
-                // The buffer is drained: grow it if the last read filled it (a bulk flow).
-                let mut read_buf = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
+                let read = if self.buf.is_empty() {
+                    self.poll_read_scratch(cx, reader, writer)
+                } else {
+                    self.poll_read_owned(cx, reader)
+                };
+                match read {
                     Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Reader(e))),
+                    Poll::Ready(Err(side)) => return Poll::Ready(Err(side)),
                     Poll::Pending => {
-                        // Nothing to read: push out whatever the writer still buffers.
+                        // Nothing to read: the bytes are out, so the owned buffer can go.
+                        self.buf = Vec::new();
+                        // Push out whatever the writer still buffers.
                         ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Side::Writer)?;
                         return Poll::Pending;
-                    }
-                }
-                let n = read_buf.filled().len();
-                if n == 0 {
-                    self.read_done = true;
-                } else {
-                    self.start = 0;
-                    self.end = n;
-                    if n == self.buf.len() && self.buf.len() < MAX_BUFFER {
-                        // Grow after the bytes are out; the read data stays at the front.
-                        self.buf.resize((self.buf.len() * 2).min(MAX_BUFFER), 0);
                     }
                 }
             }
@@ -168,6 +175,81 @@ impl Direction {
                 }
                 return Poll::Ready(Ok(()));
             }
+        }
+    }
+
+    /// Reads into the thread's scratch buffer and writes as much as the writer takes at once;
+    /// whatever it does not take is kept in a buffer of this direction's own.
+    fn poll_read_scratch<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<Result<(), Side>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        SCRATCH.with_borrow_mut(|scratch| {
+            if scratch.len() < MAX_BUFFER {
+                scratch.resize(MAX_BUFFER, 0);
+            }
+            let mut read_buf = ReadBuf::new(&mut scratch[..self.read_size]);
+            ready!(Pin::new(&mut *reader).poll_read(cx, &mut read_buf)).map_err(Side::Reader)?;
+            let n = read_buf.filled().len();
+            if n == 0 {
+                self.read_done = true;
+                return Poll::Ready(Ok(()));
+            }
+            self.grow_if_full(n);
+            let mut written = 0;
+            while written < n {
+                match Pin::new(&mut *writer).poll_write(cx, &scratch[written..n]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Side::Writer(io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(k)) => written += k,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Writer(e))),
+                    Poll::Pending => break,
+                }
+            }
+            self.moved += written as u64;
+            if written < n {
+                // The writer is busy: keep the rest, in a buffer big enough for the next reads.
+                self.buf = vec![0; self.read_size.max(n - written)];
+                self.buf[..n - written].copy_from_slice(&scratch[written..n]);
+                self.start = 0;
+                self.end = n - written;
+            }
+            Poll::Ready(Ok(()))
+        })
+    }
+
+    /// Reads into the owned buffer (a busy flow keeps it between reads).
+    fn poll_read_owned<R>(&mut self, cx: &mut Context<'_>, reader: &mut R) -> Poll<Result<(), Side>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        if self.buf.len() < self.read_size {
+            self.buf.resize(self.read_size, 0);
+        }
+        let mut read_buf = ReadBuf::new(&mut self.buf[..self.read_size]);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut read_buf)).map_err(Side::Reader)?;
+        let n = read_buf.filled().len();
+        if n == 0 {
+            self.read_done = true;
+        } else {
+            self.start = 0;
+            self.end = n;
+            self.grow_if_full(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A read that filled the read size is a bulk flow: ask for more next time.
+    fn grow_if_full(&mut self, n: usize) {
+        if n == self.read_size && self.read_size < MAX_BUFFER {
+            self.read_size = (self.read_size * 2).min(MAX_BUFFER);
         }
     }
 }
@@ -250,6 +332,52 @@ mod tests {
             );
         }
         assert!(accepted >= 1024, "some bytes flowed before backpressure");
+    }
+
+    /// Polls a direction once; true when it waits (pending).
+    async fn poll_once(
+        direction: &mut Direction,
+        a: &mut tokio::io::DuplexStream,
+        b: &mut tokio::io::DuplexStream,
+    ) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(direction.poll_copy(cx, a, b).is_pending())).await
+    }
+
+    #[tokio::test]
+    async fn a_direction_owns_a_buffer_only_while_its_writer_is_behind() {
+        let (mut client, mut a) = duplex(1024);
+        let (mut b, mut server) = duplex(16);
+        let mut direction = Direction::new();
+        client.write_all(b"ping").await.unwrap();
+        assert!(
+            poll_once(&mut direction, &mut a, &mut b).await,
+            "waits for more after ping"
+        );
+        let mut four = [0; 4];
+        server.read_exact(&mut four).await.unwrap();
+        assert_eq!(&four, b"ping");
+        assert_eq!(direction.buf.capacity(), 0, "idle: no buffer of its own");
+
+        // The far side does not read: what the pipe cannot take waits in an owned buffer.
+        client.write_all(&[7; 100]).await.unwrap();
+        assert!(poll_once(&mut direction, &mut a, &mut b).await);
+        assert!(direction.buf.len() >= 100 - 16, "{}", direction.buf.len());
+        let drain = tokio::spawn(async move {
+            let mut rest = vec![0; 100];
+            server.read_exact(&mut rest).await.unwrap();
+            server
+        });
+        while !drain.is_finished() {
+            assert!(poll_once(&mut direction, &mut a, &mut b).await);
+            tokio::task::yield_now().await;
+        }
+        assert!(poll_once(&mut direction, &mut a, &mut b).await);
+        assert_eq!(
+            direction.buf.capacity(),
+            0,
+            "written out and quiet: released"
+        );
+        assert_eq!(direction.moved, 104);
     }
 
     #[tokio::test]

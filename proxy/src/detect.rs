@@ -99,9 +99,13 @@ fn classify_http1(buf: &[u8]) -> Classified {
     let target_len = rest.iter().take_while(|b| b.is_ascii_graphic()).count();
     let rest_after_target = &rest[target_len..];
     let Some((&sp, version)) = rest_after_target.split_first() else {
-        return if buf.len() >= MAX_REQUEST_LINE { opaque } else { Classified::NeedMore };
+        return if buf.len() >= MAX_REQUEST_LINE {
+            opaque
+        } else {
+            Classified::NeedMore
+        };
     };
-    if sp != b' ' || target_len == 0 {
+    if sp != b' ' || target_len == 0 || method_len + 1 + target_len >= MAX_REQUEST_LINE {
         return opaque;
     }
     // Version and line end: `HTTP/1.` DIGIT then CRLF (a bare LF is tolerated, as hyper does).
@@ -149,7 +153,10 @@ pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300
 
 impl Default for DetectConfig {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(1), opaque_ports: DEFAULT_OPAQUE_PORTS.to_vec() }
+        Self {
+            timeout: Duration::from_secs(1),
+            opaque_ports: DEFAULT_OPAQUE_PORTS.to_vec(),
+        }
     }
 }
 
@@ -197,7 +204,11 @@ where
     tokio::pin!(server_spoke);
     let ended = loop {
         if let Classified::Done(protocol) = classify(&buf) {
-            return Detection { protocol, ended: Ended::Classified, prefix: buf.freeze() };
+            return Detection {
+                protocol,
+                ended: Ended::Classified,
+                prefix: buf.freeze(),
+            };
         }
         let read = tokio::select! {
             biased;
@@ -210,19 +221,32 @@ where
             Ok(_) => {}
         }
     };
-    Detection { protocol: Protocol::Opaque, ended, prefix: buf.freeze() }
+    Detection {
+        protocol: Protocol::Opaque,
+        ended,
+        prefix: buf.freeze(),
+    }
 }
 
 /// Detects the protocol of `io` unless `port` is an opaque port, and returns the stream with the
 /// bytes read put back in front. Detection that ends on the timeout is logged: it is the one
 /// case where a client waited on the proxy.
-pub async fn sniff<S, F>(mut io: S, config: &DetectConfig, port: u16, server_spoke: F) -> (Detection, Prefixed<S>)
+pub async fn sniff<S, F>(
+    mut io: S,
+    config: &DetectConfig,
+    port: u16,
+    server_spoke: F,
+) -> (Detection, Prefixed<S>)
 where
     S: AsyncRead + Unpin,
     F: Future<Output = ()>,
 {
     if config.skips(port) {
-        let detection = Detection { protocol: Protocol::Opaque, ended: Ended::Classified, prefix: Bytes::new() };
+        let detection = Detection {
+            protocol: Protocol::Opaque,
+            ended: Ended::Classified,
+            prefix: Bytes::new(),
+        };
         return (detection, Prefixed::new(Bytes::new(), io));
     }
     let detection = detect(&mut io, config.timeout, server_spoke).await;
@@ -253,7 +277,11 @@ impl<S> Prefixed<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.prefix.has_remaining() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
@@ -265,7 +293,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -298,7 +330,11 @@ mod tests {
     #[test]
     fn http2_preface_needs_all_24_bytes() {
         for n in 1..H2_PREFACE.len() {
-            assert_eq!(classify(&H2_PREFACE[..n]), Classified::NeedMore, "{n} bytes");
+            assert_eq!(
+                classify(&H2_PREFACE[..n]),
+                Classified::NeedMore,
+                "{n} bytes"
+            );
         }
         assert_eq!(classify(H2_PREFACE), done(Protocol::Http2));
         let mut more = H2_PREFACE.to_vec();
@@ -316,11 +352,22 @@ mod tests {
             b"GET http://x/ HTTP/1.1\n",
             b"M-SEARCH * HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
-            assert_eq!(classify(line), done(Protocol::Http1), "{}", String::from_utf8_lossy(line));
+            assert_eq!(
+                classify(line),
+                done(Protocol::Http1),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
             // Every strict prefix is undecided or, never, a wrong verdict.
             for n in 1..line.len() {
                 let got = classify(&line[..n]);
-                assert!(matches!(got, Classified::NeedMore | Classified::Done(Protocol::Http1)), "{n}: {got:?}");
+                assert!(
+                    matches!(
+                        got,
+                        Classified::NeedMore | Classified::Done(Protocol::Http1)
+                    ),
+                    "{n}: {got:?}"
+                );
             }
         }
     }
@@ -347,7 +394,23 @@ mod tests {
         let mut line = b"GET /".to_vec();
         line.resize(MAX_REQUEST_LINE, b'a');
         assert_eq!(classify(&line), done(Protocol::Opaque));
-        assert_eq!(classify(&line[..MAX_REQUEST_LINE - 1]), Classified::NeedMore);
+        assert_eq!(
+            classify(&line[..MAX_REQUEST_LINE - 1]),
+            Classified::NeedMore
+        );
+    }
+
+    proptest::proptest! {
+        /// A verdict, once given, is never contradicted by more bytes (detection may stop early).
+        #[test]
+        fn verdicts_are_final(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), line in "[A-Z]{1,8} /[a-z/]{0,20} HTTP/1\\.[01]\r\n") {
+            for bytes in [data.clone(), [line.as_bytes(), &data].concat(), [H2_PREFACE, &data].concat()] {
+                let full = classify(&bytes);
+                if let Some(early) = (0..bytes.len()).map(|n| classify(&bytes[..n])).find(|c| *c != Classified::NeedMore) {
+                    proptest::prop_assert_eq!(early, full);
+                }
+            }
+        }
     }
 
     #[test]
@@ -363,7 +426,10 @@ mod tests {
         let writer = tokio::spawn(async move {
             client.write_all(b"GET /x HT").await.unwrap();
             tokio::task::yield_now().await;
-            client.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+            client
+                .write_all(b"TP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
             client
         });
         let d = detect(&mut server, Duration::from_secs(5), std::future::pending()).await;
@@ -379,7 +445,12 @@ mod tests {
     async fn silent_clients_fall_back_to_opaque_at_the_timeout() {
         let (_client, mut server) = tokio::io::duplex(1024);
         let started = tokio::time::Instant::now();
-        let d = detect(&mut server, Duration::from_millis(300), std::future::pending()).await;
+        let d = detect(
+            &mut server,
+            Duration::from_millis(300),
+            std::future::pending(),
+        )
+        .await;
         assert_eq!((d.protocol, d.ended), (Protocol::Opaque, Ended::Timeout));
         assert_eq!(started.elapsed(), Duration::from_millis(300));
         assert!(d.prefix.is_empty());
@@ -390,7 +461,10 @@ mod tests {
         let (_client, mut server) = tokio::io::duplex(1024);
         let started = tokio::time::Instant::now();
         let d = detect(&mut server, Duration::from_secs(10), async {}).await;
-        assert_eq!((d.protocol, d.ended), (Protocol::Opaque, Ended::ServerSpoke));
+        assert_eq!(
+            (d.protocol, d.ended),
+            (Protocol::Opaque, Ended::ServerSpoke)
+        );
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
@@ -400,7 +474,10 @@ mod tests {
         client.write_all(b"GET / HT").await.unwrap();
         drop(client);
         let d = detect(&mut server, Duration::from_secs(5), std::future::pending()).await;
-        assert_eq!((d.protocol, d.ended), (Protocol::Opaque, Ended::ClientClosed));
+        assert_eq!(
+            (d.protocol, d.ended),
+            (Protocol::Opaque, Ended::ClientClosed)
+        );
         assert_eq!(&d.prefix[..], b"GET / HT");
     }
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use meshguard_policy::lockout::Failure;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -29,7 +30,12 @@ pub struct Inbound {
     /// Process-wide state.
     pub shared: Shared,
     /// The L7 proxy, for `protocol = "http"` or `"detect"`.
-    pub http: Option<(crate::http::inbound::InboundHttp, crate::detect::DetectConfig)>,
+    pub http: Option<(
+        crate::http::inbound::InboundHttp,
+        crate::detect::DetectConfig,
+    )>,
+    /// TLS towards `forward_to` (a gateway's legacy host), when `forward_tls` is configured.
+    pub forward_tls: Option<crate::legacy_tls::LegacyClient>,
 }
 
 impl Inbound {
@@ -46,6 +52,16 @@ impl Inbound {
         conn.record.original_dst = dialed.map(|addr| addr.to_string());
         conn.record.local_id = Some(self.shared.local_id());
 
+        // A blocked source address is refused before the handshake costs anything.
+        if let Some(block) = self
+            .shared
+            .lockout
+            .as_ref()
+            .and_then(|guard| guard.check(None, Some(peer.ip())))
+        {
+            crate::lockout::refuse(&mut conn, &block);
+            return conn;
+        }
         let started = Instant::now();
         let handshake = tokio::time::timeout(
             self.shared.timeouts.handshake.get(),
@@ -53,11 +69,11 @@ impl Inbound {
         );
         let mut tls = match handshake.await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => return refused(conn, &tls_error::classify(&error)),
+            Ok(Err(error)) => return self.refused(conn, peer, &tls_error::classify(&error)),
             Err(_) => {
                 let timeout =
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timeout");
-                return refused(conn, &tls_error::classify(&timeout));
+                return self.refused(conn, peer, &tls_error::classify(&timeout));
             }
         };
         conn.metrics
@@ -77,6 +93,16 @@ impl Inbound {
         conn.record.kx_group = info.kx_group;
         conn.record.alpn = info.alpn;
 
+        if let Some(block) = self
+            .shared
+            .lockout
+            .as_ref()
+            .and_then(|guard| guard.check(peer_id.as_deref(), None))
+        {
+            crate::lockout::refuse(&mut conn, &block);
+            let _ = tls.shutdown().await;
+            return conn;
+        }
         if let Some((http, detect)) = &self.http {
             let facts = crate::http::listener::InboundFacts {
                 source: peer,
@@ -106,6 +132,9 @@ impl Inbound {
                 reason = conn.record.reason.as_deref().unwrap_or("-"),
                 "connection denied by policy"
             );
+            if let Some(guard) = &self.shared.lockout {
+                guard.record(peer_id.as_deref(), Some(peer.ip()), Failure::Denied);
+            }
             let _ = tls.shutdown().await;
             return conn;
         }
@@ -125,9 +154,59 @@ impl Inbound {
                     return conn;
                 }
             };
-        let outcome = copy_bidirectional(&mut tls, &mut app, self.shared.timeouts.idle.get()).await;
+        let idle = self.shared.timeouts.idle.get();
+        let outcome = match &self.forward_tls {
+            None => copy_bidirectional(&mut tls, &mut app, idle).await,
+            Some(legacy) => {
+                let handshake =
+                    tokio::time::timeout(self.shared.timeouts.handshake.get(), legacy.connect(app));
+                match handshake.await {
+                    Ok(Ok(mut legacy_tls)) => {
+                        copy_bidirectional(&mut tls, &mut legacy_tls, idle).await
+                    }
+                    Ok(Err(error)) => {
+                        return upstream::legacy_tls_failed(
+                            conn,
+                            &self.config.forward_to,
+                            &error,
+                            tls,
+                        )
+                        .await;
+                    }
+                    Err(_) => {
+                        let error = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "TLS handshake timed out",
+                        );
+                        return upstream::legacy_tls_failed(
+                            conn,
+                            &self.config.forward_to,
+                            &error,
+                            tls,
+                        )
+                        .await;
+                    }
+                }
+            }
+        };
         conn.finish_copy(outcome);
         conn
+    }
+}
+
+impl Inbound {
+    /// A failed handshake counts towards the source address's lockout. Never towards the SPIFFE
+    /// ID it presented: that certificate was not verified, and anyone could name a victim in one.
+    fn refused(
+        &self,
+        conn: Connection,
+        peer: SocketAddr,
+        failure: &tls_error::HandshakeFailure,
+    ) -> Connection {
+        if let Some(guard) = &self.shared.lockout {
+            guard.record(None, Some(peer.ip()), Failure::HandshakeFailed);
+        }
+        refused(conn, failure)
     }
 }
 

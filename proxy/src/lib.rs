@@ -13,19 +13,26 @@
 //! - [`listener`]: the accept loop, connection limit and per-connection bookkeeping.
 //! - [`inbound`], [`outbound`], [`transparent`]: the three kinds of listener; [`upstream`]
 //!   connects onwards; [`authz`] asks the policy; [`tls_error`] says why a handshake failed.
+//! - [`lockout`]: temporary blocks of callers after repeated denials or failed handshakes;
+//!   [`break_glass`]: emergency grants added through the admin API.
+//! - [`legacy_tls`]: a gateway's TLS towards legacy hosts (`forward_tls`) and for legacy clients
+//!   (`listen_tls`).
 //! - [`detect`]: protocol detection (HTTP/1, HTTP/2, opaque); [`http`]: the L7 proxy
 //!   (per-request authorization, XFCC, request access log, limits).
 
 pub mod access_log;
 pub mod admin;
 pub mod authz;
+pub mod break_glass;
 pub mod config;
 pub mod copy;
 pub mod detect;
 pub mod http;
 pub mod inbound;
 pub mod iptables;
+pub mod legacy_tls;
 pub mod listener;
+pub mod lockout;
 pub mod metrics;
 pub mod original_dst;
 pub mod outbound;

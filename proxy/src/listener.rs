@@ -30,6 +30,8 @@ pub struct Shared {
     pub connections: TaskTracker,
     /// Cancelled when the drain grace period is over: connections still open are closed.
     pub hard_stop: CancellationToken,
+    /// Temporary blocks of callers after repeated failures, when `[lockout]` is configured.
+    pub lockout: Option<crate::lockout::LockoutGuard>,
 }
 
 impl Shared {

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub access_log_dropped: Counter<u64, AtomicU64>,
     /// Per-request HTTP metrics.
     pub http: crate::http::metrics::HttpMetrics,
+    /// Lockout blocks (active, started, refusals).
+    pub lockout: crate::lockout::LockoutMetrics,
 }
 
 /// The handles one listener updates per connection.
@@ -121,6 +123,7 @@ impl Metrics {
             cert_expiry: Gauge::default(),
             access_log_dropped: Counter::default(),
             http: crate::http::metrics::HttpMetrics::default(),
+            lockout: crate::lockout::LockoutMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,6 +177,7 @@ impl Metrics {
             m.access_log_dropped.clone(),
         );
         m.http.register(&mut registry);
+        m.lockout.register(&mut registry);
         Self { registry, ..m }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use crate::config::OutboundConfig;
 use crate::copy::copy_bidirectional;
@@ -24,14 +25,19 @@ pub struct Outbound {
     /// Process-wide state.
     pub shared: Shared,
     /// The L7 proxy, for `protocol = "http"` or `"detect"`.
-    pub http: Option<(crate::http::outbound::OutboundHttp, crate::detect::DetectConfig)>,
+    pub http: Option<(
+        crate::http::outbound::OutboundHttp,
+        crate::detect::DetectConfig,
+    )>,
+    /// Server-side TLS for legacy clients, when `listen_tls` is configured.
+    pub listen_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Outbound {
     /// Serves one accepted connection to its end.
     pub async fn handle(
         self,
-        mut app: TcpStream,
+        app: TcpStream,
         _peer: SocketAddr,
         mut conn: Connection,
     ) -> Connection {
@@ -41,6 +47,23 @@ impl Outbound {
         conn.record.original_dst = Some(self.config.listen.to_string());
         conn.record.local_id = Some(self.shared.local_id());
         let timeouts = self.shared.timeouts;
+        // A legacy client speaking TLS: finish its handshake before dialing the peer.
+        let mut client = match &self.listen_tls {
+            None => Either::Left(app),
+            Some(acceptor) => {
+                match upstream::accept_legacy(
+                    &mut conn,
+                    acceptor.clone(),
+                    app,
+                    timeouts.handshake.get(),
+                )
+                .await
+                {
+                    Some(legacy) => Either::Right(legacy),
+                    None => return conn,
+                }
+            }
+        };
         let Some(mut tls) = upstream::originate(
             &mut conn,
             &self.config.target,
@@ -55,7 +78,7 @@ impl Outbound {
             return conn;
         };
         conn.record.decision = Some(crate::access_log::Outcome::Allow);
-        let outcome = copy_bidirectional(&mut app, &mut tls, timeouts.idle.get()).await;
+        let outcome = copy_bidirectional(&mut client, &mut tls, timeouts.idle.get()).await;
         conn.finish_copy(outcome);
         conn
     }

@@ -66,6 +66,9 @@ pub enum ProxyError {
     /// The TLS profile could not be built.
     #[error("TLS setup: {0}")]
     Tls(#[from] IdentityError),
+    /// A gateway's legacy-side TLS (`forward_tls`, `listen_tls`) could not be set up.
+    #[error("{0}")]
+    LegacyTls(#[from] crate::legacy_tls::LegacyTlsError),
 }
 
 /// Where credentials come from: the config's source, or ready-made ones (tests, embedding).
@@ -143,7 +146,21 @@ pub async fn start(
             (running.credentials().clone(), Some(running))
         }
     };
+    let lockout = config
+        .lockout
+        .as_ref()
+        .and_then(|settings| crate::lockout::LockoutGuard::new(settings, metrics.lockout.clone()));
+    let lockout_task = lockout
+        .clone()
+        .map(|guard| tokio::spawn(guard.expire_periodically()));
+    let break_glass = config.break_glass.as_ref().map(|settings| {
+        Arc::new(crate::break_glass::BreakGlassAdmin::new(
+            settings.file.clone(),
+        ))
+    });
     let admin_state = AdminState {
+        lockout: lockout.clone(),
+        break_glass: break_glass.clone(),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         certs: certs_summary(credentials.clone()),
@@ -159,6 +176,7 @@ pub async fn start(
         timeouts: config.timeouts,
         connections: TaskTracker::new(),
         hard_stop: CancellationToken::new(),
+        lockout: lockout.clone(),
     };
     let mut loops = Vec::new();
     let mut watchers: Vec<PolicyWatcher> = Vec::new();
@@ -167,7 +185,11 @@ pub async fn start(
     let server_config = TlsProfile::new(credentials.clone()).server_config()?;
     // HTTP and detect listeners negotiate h2, http/1.1 or meshguard's opaque-TCP id by ALPN.
     let http_server_config = TlsProfile::new(credentials.clone())
-        .with_alpn([crate::http::outbound::ALPN_H2, crate::http::outbound::ALPN_HTTP1, crate::http::outbound::ALPN_OPAQUE])
+        .with_alpn([
+            crate::http::outbound::ALPN_H2,
+            crate::http::outbound::ALPN_HTTP1,
+            crate::http::outbound::ALPN_OPAQUE,
+        ])
         .server_config()?;
     let http_settings = Arc::new(config.http.settings());
     let decision_log = match &config.decision_log {
@@ -177,11 +199,14 @@ pub async fn start(
     let mut inbound_addrs = Vec::new();
     for inbound in &config.inbound {
         let name = inbound.display_name();
-        let mut authorizer =
-            Authorizer::load(&inbound.policy).map_err(|source| ProxyError::Policy {
-                path: inbound.policy.clone(),
-                source,
-            })?;
+        let mut authorizer = Authorizer::load_with_break_glass(
+            &inbound.policy,
+            config.break_glass.as_ref().map(|b| b.file.as_path()),
+        )
+        .map_err(|source| ProxyError::Policy {
+            path: inbound.policy.clone(),
+            source,
+        })?;
         if let Some(log) = &decision_log {
             authorizer = authorizer.with_decision_log(log.clone());
         }
@@ -211,10 +236,19 @@ pub async fn start(
         });
         let handler = Inbound {
             config: Arc::new(inbound.clone()),
-            server: if l7 { http_server_config.clone() } else { server_config.clone() },
+            server: if l7 {
+                http_server_config.clone()
+            } else {
+                server_config.clone()
+            },
             authorizer: authorizer.clone(),
             shared: shared.clone(),
             http,
+            forward_tls: inbound
+                .forward_tls
+                .as_ref()
+                .map(crate::legacy_tls::LegacyClient::new)
+                .transpose()?,
         };
         authorizers.push(authorizer);
         let listening = Listening {
@@ -254,7 +288,10 @@ pub async fn start(
                 &client,
                 http_settings.clone(),
                 reporting,
-                (config.timeouts.connect.get(), config.timeouts.handshake.get()),
+                (
+                    config.timeouts.connect.get(),
+                    config.timeouts.handshake.get(),
+                ),
             );
             (proxy, http_settings.detect.clone())
         });
@@ -264,6 +301,11 @@ pub async fn start(
             expected: Arc::from(join(&outbound.expect)),
             shared: shared.clone(),
             http,
+            listen_tls: outbound
+                .listen_tls
+                .as_ref()
+                .map(crate::legacy_tls::server_config)
+                .transpose()?,
         };
         let listening = Listening {
             listener,
@@ -315,6 +357,9 @@ pub async fn start(
             move |stream, peer, conn| handler.clone().handle(stream, peer, conn),
         )));
     }
+    if let Some(break_glass) = &break_glass {
+        break_glass.set_stores(authorizers.iter().map(|a| a.store().clone()).collect());
+    }
     readiness.set_listeners_bound();
     tracing::info!(%admin_addr, ?inbound_addrs, ?outbound_addrs, ?transparent_addr, spiffe_id = %shared.local_id(), "proxy ready");
 
@@ -347,6 +392,9 @@ pub async fn start(
         drop(watchers);
         drop(identity);
         expiry_task.abort();
+        if let Some(task) = lockout_task {
+            task.abort();
+        }
         let _ = admin_task.await;
         drop(shared);
         drop(access_log);

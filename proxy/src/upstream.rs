@@ -109,3 +109,61 @@ pub async fn originate(
         }
     }
 }
+
+/// Completes server-side TLS for a legacy client of an outbound listener; on failure the record
+/// says why (the client is on the downstream side).
+pub async fn accept_legacy(
+    conn: &mut Connection,
+    server: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    handshake_timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let started = Instant::now();
+    let result = match tokio::time::timeout(
+        handshake_timeout,
+        tokio_rustls::TlsAcceptor::from(server).accept(tcp),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "handshake timed out",
+        )),
+    };
+    match result {
+        Ok(tls) => {
+            conn.metrics
+                .handshake_seconds
+                .observe(started.elapsed().as_secs_f64());
+            conn.record.sni = tls.get_ref().1.server_name().map(str::to_owned);
+            Some(tls)
+        }
+        Err(error) => {
+            let failure = tls_error::classify(&error);
+            conn.metrics.handshake_failed(failure.label);
+            let reason = format!("TLS from the legacy client failed: {}", failure.reason);
+            tracing::info!(listener = %conn.record.listener, source = %conn.record.source_addr, %reason, "legacy client TLS refused");
+            conn.record.fail(ErrorClass::Downstream, reason);
+            None
+        }
+    }
+}
+
+/// Records a failed TLS handshake towards a gateway's legacy host and closes the mesh side.
+pub async fn legacy_tls_failed<S>(
+    mut conn: Connection,
+    target: &Target,
+    error: &io::Error,
+    mut mesh: S,
+) -> Connection
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let failure = tls_error::classify(error);
+    let reason = format!("TLS to the legacy host {target} failed: {}", failure.reason);
+    tracing::warn!(listener = %conn.record.listener, upstream = %target, %reason, "legacy host TLS refused");
+    conn.record.fail(ErrorClass::Upstream, reason);
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut mesh).await;
+    conn
+}

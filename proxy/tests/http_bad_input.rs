@@ -24,14 +24,22 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(BOUND, stream.read_to_end(&mut out)).await.expect("the proxy closes the connection");
+    let _ = tokio::time::timeout(BOUND, stream.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the connection");
     String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn still_serves(pair: &Pair) {
     let mut client = h1_client(pair.outbound).await;
-    let request = Request::get("/public/ok").header("host", "ledger").body(Full::new(Bytes::new())).unwrap();
-    assert_eq!(client.send_request(request).await.unwrap().status(), StatusCode::OK);
+    let request = Request::get("/public/ok")
+        .header("host", "ledger")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        client.send_request(request).await.unwrap().status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -46,7 +54,10 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     // Transfer-Encoding wins (RFC 9112 §6.3), the body is empty, and the connection is closed
     // after the response so nothing after the body is read as a request.
     assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
-    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("connection: close"), "{reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("connection: close"),
+        "{reply}"
+    );
     assert_eq!(pair.seen.paths(), ["/public/a"]);
     still_serves(&pair).await;
 }
@@ -58,7 +69,11 @@ async fn two_content_lengths_are_refused() {
     let reply = raw_exchange(pair.outbound, attack).await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(pair.seen.paths().is_empty(), "{:?}", pair.seen.paths());
-    assert_eq!(pair.outbound_metrics.refused_total("outbound:test", "bad_request"), 1);
+    assert_eq!(
+        pair.outbound_metrics
+            .refused_total("outbound:test", "bad_request"),
+        1
+    );
     still_serves(&pair).await;
 }
 
@@ -72,16 +87,28 @@ async fn invalid_header_bytes_are_refused() {
         b"GET /public/\x7f HTTP/1.1\r\nHost: ledger\r\n\r\n",
     ] {
         let reply = raw_exchange(pair.outbound, attack).await;
-        assert!(reply.starts_with("HTTP/1.1 400"), "{:?}: {reply}", String::from_utf8_lossy(attack));
+        assert!(
+            reply.starts_with("HTTP/1.1 400"),
+            "{:?}: {reply}",
+            String::from_utf8_lossy(attack)
+        );
     }
     assert!(pair.seen.paths().is_empty());
-    assert_eq!(pair.outbound_metrics.refused_total("outbound:test", "bad_request"), 4);
+    assert_eq!(
+        pair.outbound_metrics
+            .refused_total("outbound:test", "bad_request"),
+        4
+    );
     still_serves(&pair).await;
 }
 
 #[tokio::test]
 async fn oversized_headers_get_431_and_the_connection_closes() {
-    let pair = start_pair(HttpSettings { max_header_bytes: 16 * 1024, ..HttpSettings::default() }).await;
+    let pair = start_pair(HttpSettings {
+        max_header_bytes: 16 * 1024,
+        ..HttpSettings::default()
+    })
+    .await;
     let mut attack = b"GET /public/a HTTP/1.1\r\nHost: ledger\r\n".to_vec();
     for i in 0..2000 {
         attack.extend_from_slice(format!("x-filler-{i}: {}\r\n", "a".repeat(40)).as_bytes());
@@ -89,14 +116,25 @@ async fn oversized_headers_get_431_and_the_connection_closes() {
     attack.extend_from_slice(b"\r\n");
     let reply = raw_exchange(pair.outbound, &attack).await;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
-    assert_eq!(pair.outbound_metrics.refused_total("outbound:test", "header_too_large"), 1);
+    assert_eq!(
+        pair.outbound_metrics
+            .refused_total("outbound:test", "header_too_large"),
+        1
+    );
 
     // HTTP/2: a header list over the limit is refused without reaching the app.
     let mut client = h2_client(pair.outbound).await;
-    let mut request = Request::get("http://ledger/public/big").body(Full::new(Bytes::new())).unwrap();
-    request.headers_mut().insert("x-big", "b".repeat(32 * 1024).parse().unwrap());
+    let mut request = Request::get("http://ledger/public/big")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("x-big", "b".repeat(32 * 1024).parse().unwrap());
     match client.send_request(request).await {
-        Ok(response) => assert_eq!(response.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Ok(response) => assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        ),
         Err(error) => assert!(!error.to_string().is_empty()),
     }
     assert!(pair.seen.paths().is_empty());
@@ -105,12 +143,18 @@ async fn oversized_headers_get_431_and_the_connection_closes() {
 
 #[tokio::test]
 async fn slowloris_is_cut_off_while_others_are_served() {
-    let settings = HttpSettings { header_read_timeout: Duration::from_millis(300), ..HttpSettings::default() };
+    let settings = HttpSettings {
+        header_read_timeout: Duration::from_millis(300),
+        ..HttpSettings::default()
+    };
     let pair = start_pair(settings).await;
     let mut slow = Vec::new();
     for _ in 0..20 {
         let mut stream = TcpStream::connect(pair.outbound).await.unwrap();
-        stream.write_all(b"GET /public/a HTTP/1.1\r\nHost: ledger\r\nX-Trickle: ").await.unwrap();
+        stream
+            .write_all(b"GET /public/a HTTP/1.1\r\nHost: ledger\r\nX-Trickle: ")
+            .await
+            .unwrap();
         slow.push(stream);
     }
     // Meanwhile a normal client is served.
@@ -118,10 +162,15 @@ async fn slowloris_is_cut_off_while_others_are_served() {
     for mut stream in slow {
         let mut out = Vec::new();
         // The proxy closes each one (hyper answers 408 or just closes).
-        let read = tokio::time::timeout(BOUND, stream.read_to_end(&mut out)).await.expect("slowloris connection closed");
+        let read = tokio::time::timeout(BOUND, stream.read_to_end(&mut out))
+            .await
+            .expect("slowloris connection closed");
         assert!(read.is_ok() || read.is_err());
         let text = String::from_utf8_lossy(&out);
-        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
     }
     assert!(pair.seen.paths().iter().all(|p| p == "/public/ok"));
 }
@@ -171,7 +220,9 @@ async fn read_until_closed(stream: &mut tokio::net::tcp::OwnedReadHalf) -> Optio
 fn has_goaway(bytes: &[u8], code: u32) -> bool {
     let mut at = 0;
     while at + 9 <= bytes.len() {
-        let len = (usize::from(bytes[at]) << 16) | (usize::from(bytes[at + 1]) << 8) | usize::from(bytes[at + 2]);
+        let len = (usize::from(bytes[at]) << 16)
+            | (usize::from(bytes[at + 1]) << 8)
+            | usize::from(bytes[at + 2]);
         if bytes[at + 3] == 0x7 && at + 9 + 8 <= bytes.len() {
             let p = &bytes[at + 9..];
             if u32::from_be_bytes([p[4], p[5], p[6], p[7]]) == code {
@@ -198,17 +249,34 @@ async fn http2_rapid_reset_gets_goaway_enhance_your_calm() {
         let _ = write.write_all(&attack).await;
         write
     });
-    let received = read_until_closed(&mut read).await.expect("the proxy closes a rapid-reset connection");
-    assert!(has_goaway(&received, 0xb), "GOAWAY ENHANCE_YOUR_CALM expected");
+    let received = read_until_closed(&mut read)
+        .await
+        .expect("the proxy closes a rapid-reset connection");
+    assert!(
+        has_goaway(&received, 0xb),
+        "GOAWAY ENHANCE_YOUR_CALM expected"
+    );
     drop(writer.await);
-    assert!(pair.seen.paths().len() < 5000, "the flood was cut short: {}", pair.seen.paths().len());
-    assert!(pair.outbound_metrics.refused_total("outbound:test", "h2_abuse") >= 1);
+    assert!(
+        pair.seen.paths().len() < 5000,
+        "the flood was cut short: {}",
+        pair.seen.paths().len()
+    );
+    assert!(
+        pair.outbound_metrics
+            .refused_total("outbound:test", "h2_abuse")
+            >= 1
+    );
     still_serves(&pair).await;
 }
 
 #[tokio::test]
 async fn http2_continuation_flood_is_cut_off_with_memory_bounded() {
-    let pair = start_pair(HttpSettings { max_header_bytes: 16 * 1024, ..HttpSettings::default() }).await;
+    let pair = start_pair(HttpSettings {
+        max_header_bytes: 16 * 1024,
+        ..HttpSettings::default()
+    })
+    .await;
     let stream = TcpStream::connect(pair.outbound).await.unwrap();
     let (mut read, mut write) = stream.into_split();
     let mut start = preface();
@@ -217,7 +285,9 @@ async fn http2_continuation_flood_is_cut_off_with_memory_bounded() {
     // Endless CONTINUATION frames, never END_HEADERS, each full of small literal headers.
     let mut block = Vec::new();
     while block.len() + 11 <= 16 * 1024 {
-        block.extend_from_slice(&[0x00, 0x03, b'x', b'-', b'a', 0x05, b'a', b'a', b'a', b'a', b'a']);
+        block.extend_from_slice(&[
+            0x00, 0x03, b'x', b'-', b'a', 0x05, b'a', b'a', b'a', b'a', b'a',
+        ]);
     }
     let continuation = frame(CONTINUATION, 0, 1, &block);
     let writer = tokio::spawn(async move {
@@ -230,11 +300,23 @@ async fn http2_continuation_flood_is_cut_off_with_memory_bounded() {
         }
         sent
     });
-    let received = read_until_closed(&mut read).await.expect("the proxy closes a CONTINUATION flood");
+    let received = read_until_closed(&mut read)
+        .await
+        .expect("the proxy closes a CONTINUATION flood");
     let sent = writer.await.unwrap();
-    assert!(sent < 64 << 20, "the proxy kept reading a flood of {sent} bytes");
-    assert!(has_goaway(&received, 0xb), "GOAWAY ENHANCE_YOUR_CALM expected");
-    assert!(pair.outbound_metrics.refused_total("outbound:test", "h2_abuse") >= 1);
+    assert!(
+        sent < 64 << 20,
+        "the proxy kept reading a flood of {sent} bytes"
+    );
+    assert!(
+        has_goaway(&received, 0xb),
+        "GOAWAY ENHANCE_YOUR_CALM expected"
+    );
+    assert!(
+        pair.outbound_metrics
+            .refused_total("outbound:test", "h2_abuse")
+            >= 1
+    );
     assert!(pair.seen.paths().is_empty());
     still_serves(&pair).await;
 }

@@ -36,13 +36,17 @@ async fn detect_and_http_listeners_from_config() {
     let policy = server.write("policy/policy.toml", POLICY);
     let http = "[http]\nrequest_timeout = \"5s\"\nmax_header_bytes = 32768\n";
     let server_proxy = server
-        .start(&format!("{}protocol = \"detect\"\n{http}", inbound(app, &policy)))
+        .start(&format!(
+            "{}protocol = \"detect\"\n{http}",
+            inbound(app, &policy)
+        ))
         .await;
     let client_proxy = client
         .start(&format!(
             "{}protocol = \"http\"\n{}protocol = \"detect\"\n",
             outbound(server_proxy.inbound_addrs[0], &id(support::LEDGER)),
-            outbound(server_proxy.inbound_addrs[0], &id(support::LEDGER)).replace("[[outbound]]", "[[outbound]]\nname = \"detecting\""),
+            outbound(server_proxy.inbound_addrs[0], &id(support::LEDGER))
+                .replace("[[outbound]]", "[[outbound]]\nname = \"detecting\""),
         ))
         .await;
 
@@ -52,12 +56,29 @@ async fn detect_and_http_listeners_from_config() {
         (client_proxy.outbound_addrs[1], "--http2-prior-knowledge"),
     ] {
         let url = format!("http://{addr}/public/x");
-        let (ok, out) = http_support::run("curl", s(&["-sS", "-i", flag, "-H", "x-forwarded-client-cert: URI=spiffe://evil", &url])).await;
+        let (ok, out) = http_support::run(
+            "curl",
+            s(&[
+                "-sS",
+                "-i",
+                flag,
+                "-H",
+                "x-forwarded-client-cert: URI=spiffe://evil",
+                &url,
+            ]),
+        )
+        .await;
         assert!(ok && out.contains(" 200"), "{out}");
-        assert!(out.contains(&format!("URI={}", id(PAYMENTS))) && !out.contains("evil"), "{out}");
+        assert!(
+            out.contains(&format!("URI={}", id(PAYMENTS))) && !out.contains("evil"),
+            "{out}"
+        );
         let url = format!("http://{addr}/admin");
         let (ok, out) = http_support::run("curl", s(&["-sS", "-i", flag, &url])).await;
-        assert!(ok && out.contains(" 403") && out.contains("denied by policy"), "{out}");
+        assert!(
+            ok && out.contains(" 403") && out.contains("denied by policy"),
+            "{out}"
+        );
     }
 
     let denied = wait_for_line(&server.access_log(), |l| l["http"]["path"] == "/admin").await;
@@ -73,9 +94,15 @@ async fn detect_and_http_listeners_from_config() {
     let metrics = format!("http://{}/metrics", server_proxy.admin_addr);
     let (ok, out) = http_support::run("curl", s(&["-sS", &metrics])).await;
     assert!(ok, "{out}");
-    let deny_line = out.lines().find(|l| l.starts_with("meshguard_http_requests_total") && l.contains("decision=\"deny\"")).unwrap_or_else(|| panic!("{out}"));
+    let deny_line = out
+        .lines()
+        .find(|l| l.starts_with("meshguard_http_requests_total") && l.contains("decision=\"deny\""))
+        .unwrap_or_else(|| panic!("{out}"));
     assert!(deny_line.ends_with(" 3"), "{deny_line}");
-    assert!(out.contains("meshguard_http_request_duration_seconds_bucket"), "{out}");
+    assert!(
+        out.contains("meshguard_http_request_duration_seconds_bucket"),
+        "{out}"
+    );
     client_proxy.shutdown().await;
     server_proxy.shutdown().await;
 }

@@ -17,17 +17,41 @@ fn s(v: &[&str]) -> Vec<String> {
 async fn curl_http1_and_http2_through_the_outbound_sidecar() {
     let pair = start_pair(HttpSettings::default()).await;
     let base = format!("http://{}", pair.outbound);
-    for (flag, version) in [("--http1.1", "HTTP/1.1"), ("--http2-prior-knowledge", "HTTP/2.0")] {
+    for (flag, version) in [
+        ("--http1.1", "HTTP/1.1"),
+        ("--http2-prior-knowledge", "HTTP/2.0"),
+    ] {
         let url = format!("{base}/public/curl");
-        let (ok, out) = run("curl", s(&["-sS", "-i", flag, "-H", "x-forwarded-client-cert: URI=spiffe://evil", &url])).await;
+        let (ok, out) = run(
+            "curl",
+            s(&[
+                "-sS",
+                "-i",
+                flag,
+                "-H",
+                "x-forwarded-client-cert: URI=spiffe://evil",
+                &url,
+            ]),
+        )
+        .await;
         assert!(ok, "{out}");
         assert!(out.contains(" 200"), "{out}");
-        assert!(out.to_lowercase().contains(&format!("x-seen-version: {}", version.to_lowercase())), "{out}");
-        assert!(out.contains(&format!("URI={FRONTEND}")) && !out.contains("evil"), "{out}");
+        assert!(
+            out.to_lowercase()
+                .contains(&format!("x-seen-version: {}", version.to_lowercase())),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("URI={FRONTEND}")) && !out.contains("evil"),
+            "{out}"
+        );
 
         let url = format!("{base}/admin");
         let (ok, out) = run("curl", s(&["-sS", "-i", flag, &url])).await;
-        assert!(ok && out.contains(" 403") && out.contains("denied by policy"), "{out}");
+        assert!(
+            ok && out.contains(" 403") && out.contains("denied by policy"),
+            "{out}"
+        );
     }
 }
 
@@ -40,16 +64,28 @@ async fn curl_with_a_client_certificate_to_the_inbound_sidecar() {
     let resolve = format!("localhost:{port}:127.0.0.1");
     for (flag, version) in [("--http1.1", "HTTP/1.1"), ("--http2", "HTTP/2.0")] {
         let args = s(&[
-            "-sS", "-i", flag, "--tlsv1.3", "--resolve", &resolve,
-            "--cacert", files.bundle.to_str().unwrap(),
-            "--cert", files.cert.to_str().unwrap(),
-            "--key", files.key.to_str().unwrap(),
+            "-sS",
+            "-i",
+            flag,
+            "--tlsv1.3",
+            "--resolve",
+            &resolve,
+            "--cacert",
+            files.bundle.to_str().unwrap(),
+            "--cert",
+            files.cert.to_str().unwrap(),
+            "--key",
+            files.key.to_str().unwrap(),
             &url,
         ]);
         let (ok, out) = run("curl", args).await;
         assert!(ok && out.contains(" 200"), "{out}");
         // The app sees the version curl spoke (ALPN picked it) and the caller's identity.
-        assert!(out.to_lowercase().contains(&format!("x-seen-version: {}", version.to_lowercase())), "{out}");
+        assert!(
+            out.to_lowercase()
+                .contains(&format!("x-seen-version: {}", version.to_lowercase())),
+            "{out}"
+        );
         assert!(out.contains(&format!("URI={FRONTEND}")), "{out}");
     }
     let lines = pair.inbound_lines.wait_requests("inbound", 2).await;

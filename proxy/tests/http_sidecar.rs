@@ -27,9 +27,15 @@ async fn http1_allowed_and_denied_on_one_keep_alive_connection() {
         let request = Request::get(path)
             .header("host", "ledger.bank.example")
             // A spoofed identity header: the app must never see it.
-            .header("x-forwarded-client-cert", "By=x;URI=spiffe://bank.example/ns/admin/sa/root")
+            .header(
+                "x-forwarded-client-cert",
+                "By=x;URI=spiffe://bank.example/ns/admin/sa/root",
+            )
             .header("user-agent", "h7-test")
-            .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
             .body(Full::new(Bytes::new()))
             .unwrap();
         let response = client.send_request(request).await.unwrap();
@@ -38,22 +44,37 @@ async fn http1_allowed_and_denied_on_one_keep_alive_connection() {
         let body = text(response).await;
         match want {
             StatusCode::OK => {
-                assert_eq!(headers["x-seen-version"], "HTTP/1.1", "the app gets the client's version back");
-                assert_eq!(headers["x-seen-xfcc"], format!("By={LEDGER};URI={FRONTEND}").as_str());
+                assert_eq!(
+                    headers["x-seen-version"], "HTTP/1.1",
+                    "the app gets the client's version back"
+                );
+                assert_eq!(
+                    headers["x-seen-xfcc"],
+                    format!("By={LEDGER};URI={FRONTEND}").as_str()
+                );
                 assert_eq!(headers["x-seen-host"], "ledger.bank.example");
-                assert_eq!(headers["x-seen-orig-proto"], "", "the marker never reaches the app");
+                assert_eq!(
+                    headers["x-seen-orig-proto"], "",
+                    "the marker never reaches the app"
+                );
                 assert_eq!(headers["x-seen-path"], path);
             }
             StatusCode::FORBIDDEN => {
                 let id = headers["x-request-id"].to_str().unwrap();
-                assert!(body.contains(id) && body.contains("denied by policy"), "{body}");
+                assert!(
+                    body.contains(id) && body.contains("denied by policy"),
+                    "{body}"
+                );
             }
             _ => assert!(body.contains("dot segment"), "{body}"),
         }
     }
 
     let lines = pair.inbound_lines.wait_requests("inbound", 5).await;
-    let statuses: Vec<_> = lines.iter().map(|l| l["http"]["status"].as_u64().unwrap()).collect();
+    let statuses: Vec<_> = lines
+        .iter()
+        .map(|l| l["http"]["status"].as_u64().unwrap())
+        .collect();
     assert_eq!(statuses, [200, 403, 403, 400, 200]);
     let allowed = &lines[0];
     assert_eq!(allowed["peer_id"], FRONTEND);
@@ -61,21 +82,42 @@ async fn http1_allowed_and_denied_on_one_keep_alive_connection() {
     assert_eq!(allowed["policy"], "frontend-public");
     assert_eq!(allowed["http"]["method"], "GET");
     assert_eq!(allowed["http"]["path"], "/public/a");
-    assert_eq!(allowed["http"]["version"], "HTTP/2.0", "between sidecars the request is HTTP/2");
-    assert_eq!(allowed["http"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        allowed["http"]["version"], "HTTP/2.0",
+        "between sidecars the request is HTTP/2"
+    );
+    assert_eq!(
+        allowed["http"]["trace_id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
     assert_eq!(allowed["http"]["user_agent"], "h7-test");
     assert!(allowed["http"]["upstream_ms"].is_f64());
     let denied = &lines[2];
     assert_eq!(denied["decision"], "deny");
-    assert_eq!(denied["http"]["path"], "/admin", "the normalized path is what was decided");
+    assert_eq!(
+        denied["http"]["path"], "/admin",
+        "the normalized path is what was decided"
+    );
     assert_eq!(denied["error_class"], "policy");
     // The same request id at both sidecars.
     let out = pair.outbound_lines.wait_requests("outbound", 5).await;
     assert_eq!(out[2]["http"]["request_id"], denied["http"]["request_id"]);
     assert_eq!(out[2]["http"]["version"], "HTTP/1.1");
-    assert_eq!(pair.inbound_metrics.requests_total("inbound:test", "4xx", "deny"), 2);
-    assert_eq!(pair.inbound_metrics.requests_total("inbound:test", "2xx", "allow"), 2);
-    assert_eq!(pair.inbound_metrics.refused_total("inbound:test", "bad_path"), 1);
+    assert_eq!(
+        pair.inbound_metrics
+            .requests_total("inbound:test", "4xx", "deny"),
+        2
+    );
+    assert_eq!(
+        pair.inbound_metrics
+            .requests_total("inbound:test", "2xx", "allow"),
+        2
+    );
+    assert_eq!(
+        pair.inbound_metrics
+            .refused_total("inbound:test", "bad_path"),
+        1
+    );
 }
 
 #[tokio::test]
@@ -83,12 +125,21 @@ async fn http2_end_to_end_and_grpc_with_trailers() {
     let pair = start_pair(HttpSettings::default()).await;
     let mut client = h2_client(pair.outbound).await;
 
-    let request = Request::get("http://ledger/public/x").body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get("http://ledger/public/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let response = client.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.version(), Version::HTTP_2);
-    assert_eq!(response.headers()["x-seen-version"], "HTTP/2.0", "HTTP/2 stays HTTP/2 to the app");
-    assert_eq!(response.headers()["x-seen-xfcc"], format!("By={LEDGER};URI={FRONTEND}").as_str());
+    assert_eq!(
+        response.headers()["x-seen-version"],
+        "HTTP/2.0",
+        "HTTP/2 stays HTTP/2 to the app"
+    );
+    assert_eq!(
+        response.headers()["x-seen-xfcc"],
+        format!("By={LEDGER};URI={FRONTEND}").as_str()
+    );
 
     // gRPC-like: a unary call whose status travels in trailers.
     let request = Request::post("http://ledger/ledger.Ledger/Get")
@@ -99,7 +150,10 @@ async fn http2_end_to_end_and_grpc_with_trailers() {
     let response = client.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let collected = response.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().cloned().expect("trailers arrive end to end");
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers arrive end to end");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["grpc-message"], "ok");
     assert_eq!(&collected.to_bytes()[..], b"\x00\x00\x00\x00\x02hi");
@@ -112,7 +166,12 @@ async fn http2_end_to_end_and_grpc_with_trailers() {
     let response = client.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["grpc-status"], "7");
-    assert!(response.headers()["grpc-message"].to_str().unwrap().contains("denied by policy"));
+    assert!(
+        response.headers()["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("denied by policy")
+    );
 
     // Many concurrent streams from several clients share one connection between the sidecars.
     let mut tasks = Vec::new();
@@ -120,8 +179,13 @@ async fn http2_end_to_end_and_grpc_with_trailers() {
         let mut client = h2_client(pair.outbound).await;
         tasks.push(tokio::spawn(async move {
             for _ in 0..10 {
-                let request = Request::get("http://ledger/public/many").body(Full::new(Bytes::new())).unwrap();
-                assert_eq!(client.send_request(request).await.unwrap().status(), StatusCode::OK);
+                let request = Request::get("http://ledger/public/many")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                assert_eq!(
+                    client.send_request(request).await.unwrap().status(),
+                    StatusCode::OK
+                );
             }
         }));
     }
@@ -129,33 +193,64 @@ async fn http2_end_to_end_and_grpc_with_trailers() {
         task.await.unwrap();
     }
     let lines = pair.inbound_lines.wait_requests("inbound", 43).await;
-    let sources: std::collections::BTreeSet<_> = lines.iter().map(|l| l["source_addr"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(sources.len(), 1, "one pooled connection between the sidecars: {sources:?}");
-    let grpc = lines.iter().find(|l| l["http"]["path"] == "/ledger.Ledger/Delete").unwrap();
+    let sources: std::collections::BTreeSet<_> = lines
+        .iter()
+        .map(|l| l["source_addr"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        sources.len(),
+        1,
+        "one pooled connection between the sidecars: {sources:?}"
+    );
+    let grpc = lines
+        .iter()
+        .find(|l| l["http"]["path"] == "/ledger.Ledger/Delete")
+        .unwrap();
     assert_eq!(grpc["http"]["grpc_status"], "7");
     assert_eq!(grpc["decision"], "deny");
 }
 
 #[tokio::test]
 async fn denial_details_can_be_hidden() {
-    let settings = HttpSettings { detail: meshguard_proxy::http::respond::Detail::Hide, ..HttpSettings::default() };
+    let settings = HttpSettings {
+        detail: meshguard_proxy::http::respond::Detail::Hide,
+        ..HttpSettings::default()
+    };
     let pair = start_pair(settings).await;
     let mut client = h1_client(pair.outbound).await;
-    let request = Request::get("/admin").header("host", "ledger").body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get("/admin")
+        .header("host", "ledger")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let response = client.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let body = text(response).await;
-    assert!(body.contains("denied by policy") && !body.contains("no allow policy"), "{body}");
+    assert!(
+        body.contains("denied by policy") && !body.contains("no allow policy"),
+        "{body}"
+    );
     let lines = pair.inbound_lines.wait_requests("inbound", 1).await;
-    assert!(lines[0]["reason"].as_str().unwrap().contains("no allow policy"), "the log keeps the reason");
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no allow policy"),
+        "the log keeps the reason"
+    );
 }
 
 #[tokio::test]
 async fn a_slow_app_gets_504_within_the_request_timeout() {
-    let settings = HttpSettings { request_timeout: std::time::Duration::from_millis(300), ..HttpSettings::default() };
+    let settings = HttpSettings {
+        request_timeout: std::time::Duration::from_millis(300),
+        ..HttpSettings::default()
+    };
     let pair = start_pair(settings).await;
     let mut client = h1_client(pair.outbound).await;
-    let request = Request::get("/public/slow").header("host", "ledger").body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get("/public/slow")
+        .header("host", "ledger")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let response = client.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     let out = pair.outbound_lines.wait_requests("outbound", 1).await;
@@ -163,9 +258,19 @@ async fn a_slow_app_gets_504_within_the_request_timeout() {
     assert_eq!(out[0]["http"]["status"], 504);
     // The inbound sidecar logs the request too, whichever side's timer fired first.
     let lines = pair.inbound_lines.wait_requests("inbound", 1).await;
-    assert!(lines[0]["error_class"] == "upstream" || lines[0]["error_class"] == "downstream", "{}", lines[0]);
+    assert!(
+        lines[0]["error_class"] == "upstream" || lines[0]["error_class"] == "downstream",
+        "{}",
+        lines[0]
+    );
     // The connection is still good for the next request.
     client.ready().await.unwrap();
-    let request = Request::get("/public/ok").header("host", "ledger").body(Full::new(Bytes::new())).unwrap();
-    assert_eq!(client.send_request(request).await.unwrap().status(), StatusCode::OK);
+    let request = Request::get("/public/ok")
+        .header("host", "ledger")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        client.send_request(request).await.unwrap().status(),
+        StatusCode::OK
+    );
 }

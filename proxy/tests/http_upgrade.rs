@@ -22,9 +22,13 @@ async fn tunnel_echo(response: http::Response<hyper::body::Incoming>) {
     assert_eq!(&buf, b"ping through the tunnel");
 }
 
-async fn upgrade_client(addr: std::net::SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+async fn upgrade_client(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn.with_upgrades());
     sender
 }
@@ -42,7 +46,10 @@ async fn websocket_style_upgrade_passes_through() {
         .unwrap();
     let response = client.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    assert_eq!(response.headers()["x-seen-xfcc"], format!("By={LEDGER};URI={FRONTEND}").as_str());
+    assert_eq!(
+        response.headers()["x-seen-xfcc"],
+        format!("By={LEDGER};URI={FRONTEND}").as_str()
+    );
     tunnel_echo(response).await;
     let lines = pair.inbound_lines.wait_requests("inbound", 1).await;
     assert_eq!(lines[0]["http"]["status"], 101);
@@ -68,7 +75,9 @@ async fn a_denied_upgrade_gets_403_and_no_tunnel() {
 async fn connect_tunnels_pass_through() {
     let pair = start_pair(HttpSettings::default()).await;
     let mut client = upgrade_client(pair.outbound).await;
-    let request = Request::connect("ledger.bank.example:443").body(Full::new(Bytes::new())).unwrap();
+    let request = Request::connect("ledger.bank.example:443")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let response = client.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     tunnel_echo(response).await;

@@ -1,5 +1,6 @@
 //! `meshguard demo`: the bank demo from `examples/bank` (crate `meshguard-demo`), run with this
-//! very binary as the CA and the sidecars. Exits non-zero when any step does not behave as scripted.
+//! very binary as the CA and the sidecars. Exits 0 when every step behaved as scripted, 1 when one
+//! did not, 2 when every step that ran behaved but pieces of meshguard it needs are missing.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +15,12 @@ pub(crate) struct Args {
     /// Skip the closing 2 x 5 s `meshguard perf http` run.
     #[arg(long)]
     skip_perf: bool,
+    /// Run every sidecar at L4 (per-connection decisions) even when the L7 proxy is built.
+    #[arg(long)]
+    l4: bool,
+    /// Keep the CA's root key in a software file (labelled as such) even when SoftHSM2 is there.
+    #[arg(long)]
+    software_key: bool,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -23,6 +30,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         meshguard,
         dir: args.dir,
         skip_perf: args.skip_perf,
+        l4_only: args.l4,
+        software_key: args.software_key,
     };
     Ok(ExitCode::from(meshguard_demo::run(&options)?.exit_code()))
 }

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use jiff::{SignedDuration, Timestamp};
 use meshguard_policy::replay::Report;
 use meshguard_policy::{
-    BreakGlass, Decision, Grant, PolicyError, PolicySet, RequestDoc, Sources, Verdict, cases,
-    replay,
+    Action, BreakGlass, Decision, Grant, Policy, PolicyError, PolicySet, RequestDoc, Sources,
+    Verdict, cases, replay,
 };
 use serde_json::json;
 
@@ -56,11 +56,13 @@ enum Command {
     },
     /// Re-decide logged requests under these policies and list each whose outcome would change.
     ///
-    /// ACCESS.log holds one JSON object per line. Fields read (first name found wins):
-    /// `principal` | `peer_id`, `source_ip` | `source` (address or addr:port), `port`, `sni`,
-    /// `method`, `host` | `authority`, `path`, `headers` (object), `time` | `start_time`
-    /// (RFC 3339), and the logged outcome `decision` | `outcome` ("allow"/"allowed"/"deny"/"denied",
-    /// or an object with an `outcome` field). Other fields are ignored.
+    /// ACCESS.log holds one JSON object per line, such as the proxy's own access log. Fields read
+    /// (first name found wins; at the top level or under `http`): `principal` | `peer_id`,
+    /// `source_ip` | `source_addr` | `source` (address or addr:port), `port` | `dst_port` | the
+    /// port of `original_dst`, `sni`, `method`, `host` | `authority`, `path`, `headers` (object),
+    /// `time` | `start_time` (RFC 3339), and the logged outcome `decision` | `outcome`
+    /// ("allow"/"allowed"/"audit"/"deny"/"denied", or an object with an `outcome` field; "audit"
+    /// was forwarded, so it counts as allowed). Other fields are ignored.
     Replay {
         #[command(flatten)]
         load: Load,
@@ -72,7 +74,7 @@ enum Command {
     /// The grant turns denies for that one principal into allows until it expires, and every
     /// decision it grants carries the reason. A proxy loads the grants file with its policies
     /// (`--break-glass` here) and picks up the new grant on its next reload. Granting through a
-    /// running proxy's admin API comes with the proxy; this command writes the file.
+    /// running proxy: `--admin http://127.0.0.1:15000` (the proxy applies it at once).
     BreakGlass(BreakGlassArgs),
 }
 
@@ -107,8 +109,17 @@ struct BreakGlassArgs {
     #[arg(long)]
     reason: String,
     /// The grants file to append to (created if missing).
-    #[arg(long, value_name = "GRANTS.toml")]
-    file: PathBuf,
+    #[arg(
+        long,
+        value_name = "GRANTS.toml",
+        required_unless_present = "admin",
+        conflicts_with = "admin"
+    )]
+    file: Option<PathBuf>,
+    /// A running proxy's admin API (e.g. http://127.0.0.1:15000): the proxy writes its
+    /// `[break_glass]` file and applies the grant at once.
+    #[arg(long, value_name = "URL")]
+    admin: Option<String>,
     /// Who asked for the grant (recorded in the file).
     #[arg(long)]
     issued_by: Option<String>,
@@ -174,7 +185,7 @@ fn eval(args: &Load, input: &Path) -> anyhow::Result<ExitCode> {
         let mut out = decision.to_json();
         out["explain"] = explained
             .iter()
-            .map(|(p, v)| json!({"policy": &**p.name(), "result": verdict_text(v, req.is_connection_level())}))
+            .map(|(p, v)| json!({"policy": &**p.name(), "result": verdict_text(v, p, req.is_connection_level())}))
             .collect();
         println!("{out}");
         return Ok(ExitCode::SUCCESS);
@@ -194,7 +205,7 @@ fn eval(args: &Load, input: &Path) -> anyhow::Result<ExitCode> {
             "  {} ({}{enforce}): {}",
             policy.name(),
             policy.action().as_str(),
-            verdict_text(verdict, req.is_connection_level())
+            verdict_text(verdict, policy, req.is_connection_level())
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -221,16 +232,26 @@ fn print_decision(d: &Decision) {
     println!("revision: {}", d.revision);
 }
 
-fn verdict_text(verdict: &Verdict, connection_level: bool) -> String {
+fn verdict_text(verdict: &Verdict, policy: &Policy, connection_level: bool) -> String {
     match verdict {
         Verdict::Matched(_) => "matched".into(),
-        Verdict::Missed(miss) if miss.unknown && connection_level => {
-            format!("no match: `{}` needs an HTTP request", miss.field)
-        }
-        Verdict::Missed(miss) if miss.unknown => {
-            format!("no match: `{}` unknown for this request", miss.field)
-        }
+        // Only HTTP fields are absent because the request is connection-level; an address or a
+        // port is simply not in this request document.
+        Verdict::Missed(miss) if miss.unknown => match miss.field {
+            "source_cidrs" => "no match: `source_cidrs` needs the source address (`source_ip`), \
+                               which this request does not carry"
+                .into(),
+            "ports" => "no match: `ports` needs the destination port (`port`), which this \
+                        request does not carry"
+                .into(),
+            field if connection_level => format!("no match: `{field}` needs an HTTP request"),
+            field => format!("no match: `{field}` unknown for this request"),
+        },
         Verdict::Missed(miss) => format!("no match: `{}` did not match", miss.field),
+        Verdict::RegoMissed(reasons) if reasons.is_empty() && policy.action() == Action::Deny => {
+            "no match: the Rego module permits this request (no `deny_reason`, `allow` not false)"
+                .into()
+        }
         Verdict::RegoMissed(reasons) if reasons.is_empty() => {
             "no match: Rego `allow` is not true".into()
         }
@@ -360,19 +381,22 @@ fn replay_json(report: &Report) -> serde_json::Value {
 }
 
 fn break_glass(args: &BreakGlassArgs) -> anyhow::Result<ExitCode> {
+    let Some(file) = &args.file else {
+        return break_glass_via_admin(args);
+    };
     let duration: SignedDuration = args.duration.parse().with_context(|| {
         format!(
             "--for {:?} is not a duration; write e.g. 15m, 1h or 90s",
             args.duration
         )
     })?;
-    let existing = match std::fs::read_to_string(&args.file) {
+    let existing = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", args.file.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
     };
     // Refuse to append to a file the proxy could not load.
-    if let Err(error) = BreakGlass::parse(&args.file, &existing) {
+    if let Err(error) = BreakGlass::parse(file, &existing) {
         eprintln!("{error}");
         eprintln!("the grants file is not valid; fix it before adding a grant");
         return Ok(ExitCode::FAILURE);
@@ -395,16 +419,48 @@ fn break_glass(args: &BreakGlassArgs) -> anyhow::Result<ExitCode> {
     }
     text.push_str(&grant.to_toml());
     // Write whole and rename, so a proxy reloading mid-write never reads half a grant.
-    let tmp = args.file.with_extension("toml.tmp");
+    let tmp = file.with_extension("toml.tmp");
     std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.file)
-        .with_context(|| format!("cannot replace {}", args.file.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot replace {}", file.display()))?;
     println!(
         "break-glass granted to {} until {} ({}); written to {}",
         grant.principal,
         grant.expires,
         grant.reason,
-        args.file.display()
+        file.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--admin URL`: ask the running proxy to add the grant.
+fn break_glass_via_admin(args: &BreakGlassArgs) -> anyhow::Result<ExitCode> {
+    let Some(admin) = &args.admin else {
+        anyhow::bail!("give --file GRANTS.toml or --admin URL");
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let posted = runtime.block_on(meshguard_proxy::break_glass::post_grant(
+        admin,
+        &args.principal,
+        &args.duration,
+        &args.reason,
+        args.issued_by.as_deref(),
+    ));
+    match posted {
+        Ok(grant) => {
+            println!(
+                "break-glass granted to {} until {} ({}); applied by the proxy at {admin}",
+                grant["principal"].as_str().unwrap_or_default(),
+                grant["expires"].as_str().unwrap_or_default(),
+                grant["reason"].as_str().unwrap_or_default(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            eprintln!("{why}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

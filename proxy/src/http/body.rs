@@ -36,14 +36,20 @@ pub struct Counted<B> {
 
 impl<B> std::fmt::Debug for Counted<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Counted").field("bytes", &self.bytes.load(Ordering::Relaxed)).finish_non_exhaustive()
+        f.debug_struct("Counted")
+            .field("bytes", &self.bytes.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
 impl<B> Counted<B> {
     /// Wraps `inner`.
     pub fn new(inner: B, bytes: Arc<AtomicU64>, on_end: Option<Box<dyn FnOnce() + Send>>) -> Self {
-        Self { inner, bytes, on_end }
+        Self {
+            inner,
+            bytes,
+            on_end,
+        }
     }
 
     fn end(&mut self) {
@@ -63,12 +69,16 @@ impl<B: Body + Unpin> Body for Counted<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.bytes.fetch_add(bytes::Buf::remaining(data) as u64, Ordering::Relaxed);
+                    self.bytes
+                        .fetch_add(bytes::Buf::remaining(data) as u64, Ordering::Relaxed);
                 }
                 if self.inner.is_end_stream() {
                     self.end();
@@ -100,9 +110,13 @@ mod tests {
         let bytes = Arc::new(AtomicU64::new(0));
         let ended = Arc::new(AtomicBool::new(false));
         let flag = ended.clone();
-        let body = Counted::new(Full::new(Bytes::from_static(b"hello")), bytes.clone(), Some(Box::new(move || {
-            assert!(!flag.swap(true, Ordering::SeqCst), "ended twice");
-        })));
+        let body = Counted::new(
+            Full::new(Bytes::from_static(b"hello")),
+            bytes.clone(),
+            Some(Box::new(move || {
+                assert!(!flag.swap(true, Ordering::SeqCst), "ended twice");
+            })),
+        );
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(&collected[..], b"hello");
         assert_eq!(bytes.load(Ordering::Relaxed), 5);
@@ -113,7 +127,11 @@ mod tests {
     fn a_dropped_body_still_ends() {
         let ended = Arc::new(AtomicBool::new(false));
         let flag = ended.clone();
-        drop(Counted::new(Full::new(Bytes::new()), Arc::default(), Some(Box::new(move || flag.store(true, Ordering::SeqCst)))));
+        drop(Counted::new(
+            Full::new(Bytes::new()),
+            Arc::default(),
+            Some(Box::new(move || flag.store(true, Ordering::SeqCst))),
+        ));
         assert!(ended.load(Ordering::SeqCst));
     }
 }

@@ -80,12 +80,20 @@ impl Exchange {
                 .uri()
                 .authority()
                 .map(|a| a.as_str().to_owned())
-                .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)),
+                .or_else(|| {
+                    headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                }),
             path: request.uri().path().to_owned(),
             version: version_name(request.version()),
             request_id,
             trace_id: trace_id(headers).map(str::to_owned),
-            user_agent: headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            user_agent: headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             ..HttpFields::default()
         };
         let mut line = template.clone();
@@ -127,14 +135,19 @@ impl Exchange {
         B::Error: Into<super::body::BoxError>,
     {
         self.fields.status = response.status().as_u16();
-        self.fields.grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        self.fields.grpc_status = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if let Some(forwarded) = self.forwarded {
             self.fields.upstream_ms = Some(forwarded.elapsed().as_secs_f64() * 1000.0);
         }
         let response_bytes = Arc::new(AtomicU64::new(0));
         let counted = response_bytes.clone();
         let owned = self.hand_over();
-        let on_end: Box<dyn FnOnce() + Send> = Box::new(move || owned.report(counted.load(Ordering::Relaxed)));
+        let on_end: Box<dyn FnOnce() + Send> =
+            Box::new(move || owned.report(counted.load(Ordering::Relaxed)));
         response.map(|body| boxed(Counted::new(body, response_bytes, Some(on_end))))
     }
 
@@ -164,10 +177,17 @@ impl Exchange {
         self.line.duration_ms = seconds * 1000.0;
         self.line.bytes_in = self.fields.request_bytes;
         self.line.bytes_out = response_bytes;
-        self.reporting.metrics.request(&self.reporting.listener, self.fields.status, self.decision, seconds);
+        self.reporting.metrics.request(
+            &self.reporting.listener,
+            self.fields.status,
+            self.decision,
+            seconds,
+        );
         self.line.http = Some(Box::new(std::mem::take(&mut self.fields)));
         let placeholder = ConnectionRecord::new(self.line.direction, "", self.line.source_addr);
-        self.reporting.access_log.record(std::mem::replace(&mut self.line, placeholder));
+        self.reporting
+            .access_log
+            .record(std::mem::replace(&mut self.line, placeholder));
         self.in_flight.count.fetch_sub(1, Ordering::AcqRel);
         self.in_flight.activity.fetch_add(1, Ordering::AcqRel);
     }
@@ -184,7 +204,10 @@ impl Drop for Exchange {
             self.fields.upstream_ms = Some(forwarded.elapsed().as_secs_f64() * 1000.0);
         }
         if self.line.reason.is_none() || self.line.error_class.is_none() {
-            self.line.fail(crate::access_log::ErrorClass::Downstream, "the client abandoned the request before the response");
+            self.line.fail(
+                crate::access_log::ErrorClass::Downstream,
+                "the client abandoned the request before the response",
+            );
         }
         let owned = self.hand_over();
         owned.report(0);

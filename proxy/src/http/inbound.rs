@@ -20,10 +20,10 @@ use super::exchange::{Exchange, InFlight, Reporting};
 use super::normalize::normalize_path;
 use super::orig_proto::{restore_version, strip_connection_headers};
 use super::pool::{Connector, H2Pool, Http1Client, UpstreamError, http1_client, tcp_connector};
-use super::upgrade::{self, is_upgrade};
 use super::respond;
 use super::serve::{ServeOutcome, serve_connection};
 use super::settings::HttpSettings;
+use super::upgrade::{self, is_upgrade};
 use super::xfcc::set_xfcc;
 use crate::access_log::{ConnectionRecord, ErrorClass};
 use crate::authz::{self, Authorizer};
@@ -81,28 +81,60 @@ impl InboundHttp {
         let app_h1 = http1_client(forward_to.clone(), connect_timeout, &settings);
         let app_connect = tcp_connector(forward_to.clone(), connect_timeout);
         let app_h2 = H2Pool::new(app_connect.clone(), settings.clone());
-        Self { inner: Arc::new(Inner { forward_to, authorizer, settings, reporting, app_h1, app_h2, app_connect }) }
+        Self {
+            inner: Arc::new(Inner {
+                forward_to,
+                authorizer,
+                settings,
+                reporting,
+                app_h1,
+                app_h2,
+                app_connect,
+            }),
+        }
     }
 
     /// Serves HTTP on one decrypted connection until it closes, idles out or `stop` fires.
-    pub async fn serve<I>(&self, io: I, peer: PeerContext, stop: tokio_util::sync::CancellationToken) -> ServeOutcome
+    pub async fn serve<I>(
+        &self,
+        io: I,
+        peer: PeerContext,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> ServeOutcome
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let connection = Arc::new(Connection { proxy: self.inner.clone(), peer, in_flight: Arc::default() });
+        let connection = Arc::new(Connection {
+            proxy: self.inner.clone(),
+            peer,
+            in_flight: Arc::default(),
+        });
         let in_flight = connection.in_flight.clone();
         let service = hyper::service::service_fn(move |request| {
             let connection = connection.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
-        serve_connection(io, &self.inner.settings, service, in_flight, &self.inner.reporting, stop).await
+        serve_connection(
+            io,
+            &self.inner.settings,
+            service,
+            in_flight,
+            &self.inner.reporting,
+            stop,
+        )
+        .await
     }
 }
 
 impl Connection {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
         let proxy = &self.proxy;
-        let mut exchange = Exchange::start(&mut request, &self.peer.record, &proxy.reporting, &self.in_flight);
+        let mut exchange = Exchange::start(
+            &mut request,
+            &self.peer.record,
+            &proxy.reporting,
+            &self.in_flight,
+        );
         let grpc = respond::is_grpc(request.headers());
 
         let upgrade = is_upgrade(&request);
@@ -113,9 +145,15 @@ impl Connection {
             let path = match normalize_path(request.uri().path()) {
                 Ok(path) => path.into_owned(),
                 Err(error) => {
-                    proxy.reporting.metrics.refused(&proxy.reporting.listener, "bad_path");
-                    exchange.line.fail(ErrorClass::Downstream, error.to_string());
-                    let response = respond::bad_request(grpc, &exchange.fields.request_id, &error.to_string());
+                    proxy
+                        .reporting
+                        .metrics
+                        .refused(&proxy.reporting.listener, "bad_path");
+                    exchange
+                        .line
+                        .fail(ErrorClass::Downstream, error.to_string());
+                    let response =
+                        respond::bad_request(grpc, &exchange.fields.request_id, &error.to_string());
                     return exchange.finish(response);
                 }
             };
@@ -154,18 +192,33 @@ impl Connection {
                 reason = %reason,
                 "request denied by policy"
             );
-            let response = respond::denied(grpc, &exchange.fields.request_id, &reason, proxy.settings.detail);
+            let response = respond::denied(
+                grpc,
+                &exchange.fields.request_id,
+                &reason,
+                proxy.settings.detail,
+            );
             return exchange.finish(response);
         }
 
-        set_xfcc(request.headers_mut(), &self.peer.local_id, self.peer.peer_id.as_deref());
+        set_xfcc(
+            request.headers_mut(),
+            &self.peer.local_id,
+            self.peer.peer_id.as_deref(),
+        );
         if upgrade {
-            return self.forward_upgrade(request, path_and_query, exchange).await;
+            return self
+                .forward_upgrade(request, path_and_query, exchange)
+                .await;
         }
         // Forward exactly what was authorized: the normalized path.
         if let Err(error) = set_path(&mut request, path_and_query.as_deref().unwrap_or("/")) {
             exchange.line.fail(ErrorClass::Downstream, error);
-            let response = respond::bad_request(grpc, &exchange.fields.request_id, "the request target is invalid");
+            let response = respond::bad_request(
+                grpc,
+                &exchange.fields.request_id,
+                "the request target is invalid",
+            );
             return exchange.finish(response);
         }
         let version = restore_version(&mut request);
@@ -177,7 +230,11 @@ impl Connection {
             if version == Version::HTTP_2 {
                 proxy.app_h2.send(request).await
             } else {
-                proxy.app_h1.request(request).await.map_err(UpstreamError::Client)
+                proxy
+                    .app_h1
+                    .request(request)
+                    .await
+                    .map_err(UpstreamError::Client)
             }
         };
         match tokio::time::timeout(proxy.settings.request_timeout, sent).await {
@@ -188,13 +245,28 @@ impl Connection {
             Ok(Err(error)) => {
                 let reason = format!("the app at {} failed: {error}", proxy.forward_to);
                 exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(grpc, false, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                let response = respond::upstream_failed(
+                    grpc,
+                    false,
+                    &exchange.fields.request_id,
+                    &reason,
+                    proxy.settings.detail,
+                );
                 exchange.finish(response)
             }
             Err(_) => {
-                let reason = format!("the app at {} did not answer within {:?}", proxy.forward_to, proxy.settings.request_timeout);
+                let reason = format!(
+                    "the app at {} did not answer within {:?}",
+                    proxy.forward_to, proxy.settings.request_timeout
+                );
                 exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(grpc, true, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                let response = respond::upstream_failed(
+                    grpc,
+                    true,
+                    &exchange.fields.request_id,
+                    &reason,
+                    proxy.settings.detail,
+                );
                 exchange.finish(response)
             }
         }
@@ -218,21 +290,43 @@ impl Connection {
         exchange.line.upstream = Some(proxy.forward_to.to_string());
         exchange.forwarded = Some(Instant::now());
         let forwarded = async {
-            let io = proxy.app_connect.connect().await.map_err(UpstreamError::Connect)?;
+            let io = proxy
+                .app_connect
+                .connect()
+                .await
+                .map_err(UpstreamError::Connect)?;
             upgrade::forward(request, io).await
         };
         match tokio::time::timeout(proxy.settings.request_timeout, forwarded).await {
             Ok(Ok(response)) => exchange.finish(response),
             Ok(Err(error)) => {
-                let reason = format!("the app at {} failed the upgrade: {error}", proxy.forward_to);
+                let reason = format!(
+                    "the app at {} failed the upgrade: {error}",
+                    proxy.forward_to
+                );
                 exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(false, false, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                let response = respond::upstream_failed(
+                    false,
+                    false,
+                    &exchange.fields.request_id,
+                    &reason,
+                    proxy.settings.detail,
+                );
                 exchange.finish(response)
             }
             Err(_) => {
-                let reason = format!("the app at {} did not answer the upgrade in time", proxy.forward_to);
+                let reason = format!(
+                    "the app at {} did not answer the upgrade in time",
+                    proxy.forward_to
+                );
                 exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(false, true, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                let response = respond::upstream_failed(
+                    false,
+                    true,
+                    &exchange.fields.request_id,
+                    &reason,
+                    proxy.settings.detail,
+                );
                 exchange.finish(response)
             }
         }
@@ -248,10 +342,18 @@ fn set_path<B>(request: &mut Request<B>, path_and_query: &str) -> Result<(), Str
             .headers()
             .get(http::header::HOST)
             .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
-            .ok_or_else(|| "the request has neither :authority nor a valid Host header".to_owned())?,
+            .ok_or_else(|| {
+                "the request has neither :authority nor a valid Host header".to_owned()
+            })?,
     };
     let uri = Uri::builder()
-        .scheme(request.uri().scheme().cloned().unwrap_or(http::uri::Scheme::HTTP))
+        .scheme(
+            request
+                .uri()
+                .scheme()
+                .cloned()
+                .unwrap_or(http::uri::Scheme::HTTP),
+        )
         .authority(authority)
         .path_and_query(path_and_query)
         .build()

@@ -49,14 +49,17 @@ where
     let choice = match listener.config.protocol {
         Protocol::Http => Some(Detected::Http2),
         Protocol::Tcp => Some(Detected::Opaque),
-        Protocol::Detect if alpn.as_bytes() == ALPN_H2 || alpn.as_bytes() == ALPN_HTTP1 => Some(Detected::Http2),
+        Protocol::Detect if alpn.as_bytes() == ALPN_H2 || alpn.as_bytes() == ALPN_HTTP1 => {
+            Some(Detected::Http2)
+        }
         Protocol::Detect if alpn.as_bytes() == ALPN_OPAQUE => Some(Detected::Opaque),
         Protocol::Detect => None,
     };
     let protocol = match choice {
         Some(protocol) => protocol,
         None => {
-            let (detection, prefixed) = detect::sniff(tls, detect_config, facts.port, std::future::pending()).await;
+            let (detection, prefixed) =
+                detect::sniff(tls, detect_config, facts.port, std::future::pending()).await;
             return match detection.protocol {
                 Detected::Opaque => inbound_opaque(listener, prefixed, facts, conn).await,
                 _ => inbound_http(listener, http, prefixed, facts, conn).await,
@@ -69,7 +72,13 @@ where
     inbound_http(listener, http, tls, facts, conn).await
 }
 
-async fn inbound_http<S>(listener: &Inbound, http: &InboundHttp, io: S, facts: InboundFacts, mut conn: Connection) -> Connection
+async fn inbound_http<S>(
+    listener: &Inbound,
+    http: &InboundHttp,
+    io: S,
+    facts: InboundFacts,
+    mut conn: Connection,
+) -> Connection
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -82,13 +91,20 @@ where
         sni: facts.sni,
         record: conn.record.clone(),
     };
-    let outcome = http.serve(io, peer, listener.shared.hard_stop.clone()).await;
+    let outcome = http
+        .serve(io, peer, listener.shared.hard_stop.clone())
+        .await;
     finish(&mut conn, outcome);
     conn
 }
 
 /// The L4 path for an opaque stream on a `detect` listener: connection-level decision, then copy.
-async fn inbound_opaque<S>(listener: &Inbound, mut io: S, facts: InboundFacts, mut conn: Connection) -> Connection
+async fn inbound_opaque<S>(
+    listener: &Inbound,
+    mut io: S,
+    facts: InboundFacts,
+    mut conn: Connection,
+) -> Connection
 where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
@@ -99,7 +115,8 @@ where
         sni: facts.sni.as_deref(),
     });
     authz::record_decision(&mut conn.record, &decision);
-    conn.metrics.decided(authz::policy_label(&decision), decision.outcome.as_str());
+    conn.metrics
+        .decided(authz::policy_label(&decision), decision.outcome.as_str());
     if !decision.is_allowed() {
         conn.record.error_class = Some(ErrorClass::Policy);
         let _ = io.shutdown().await;
@@ -110,7 +127,10 @@ where
     let mut app = match upstream::connect(target, listener.shared.timeouts.connect.get()).await {
         Ok(app) => app,
         Err(error) => {
-            conn.record.fail(ErrorClass::Upstream, format!("cannot connect to {target}: {error}"));
+            conn.record.fail(
+                ErrorClass::Upstream,
+                format!("cannot connect to {target}: {error}"),
+            );
             return conn;
         }
     };
@@ -136,8 +156,11 @@ pub async fn outbound(
         finish(&mut conn, outcome);
         return conn;
     }
-    let port = app.local_addr().map_or(listener.config.listen.port(), |a| a.port());
-    let (detection, mut prefixed) = detect::sniff(app, detect_config, port, std::future::pending()).await;
+    let port = app
+        .local_addr()
+        .map_or(listener.config.listen.port(), |a| a.port());
+    let (detection, mut prefixed) =
+        detect::sniff(app, detect_config, port, std::future::pending()).await;
     if detection.protocol != Detected::Opaque {
         conn.record.upstream = Some(listener.config.target.to_string());
         let outcome = http.serve(prefixed, conn.record.clone(), stop).await;
@@ -170,7 +193,10 @@ fn finish(conn: &mut Connection, outcome: ServeOutcome) {
         ServeOutcome::Closed | ServeOutcome::Stopped => {}
         ServeOutcome::Idle => conn.record.reason = Some("closed after the idle timeout".to_owned()),
         ServeOutcome::Error { label, message } => {
-            conn.record.fail(ErrorClass::Downstream, format!("HTTP protocol error ({label}): {message}"));
+            conn.record.fail(
+                ErrorClass::Downstream,
+                format!("HTTP protocol error ({label}): {message}"),
+            );
         }
     }
 }

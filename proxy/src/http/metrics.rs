@@ -27,7 +27,9 @@ struct RefusalLabels {
 
 fn latency_histogram() -> Histogram {
     // 100 µs to ~26 s.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 19))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 19,
+    ))
 }
 
 /// The HTTP metric families; cheap to clone.
@@ -51,9 +53,21 @@ impl Default for HttpMetrics {
 impl HttpMetrics {
     /// Registers the families (names are prefixed by the registry's `meshguard_`).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("http_requests", "HTTP requests, per listener, status class and decision", self.requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request duration to the end of the response, per listener", self.latency.clone());
-        registry.register("http_refused", "HTTP requests or connections refused before policy, per listener and reason", self.refused.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests, per listener, status class and decision",
+            self.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request duration to the end of the response, per listener",
+            self.latency.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "HTTP requests or connections refused before policy, per listener and reason",
+            self.refused.clone(),
+        );
     }
 
     /// Counts one finished request.
@@ -66,22 +80,53 @@ impl HttpMetrics {
             500..=599 => "5xx",
             _ => "none",
         };
-        self.requests.get_or_create(&RequestLabels { listener: listener.to_owned(), status_class, decision }).inc();
-        self.latency.get_or_create(&ListenerLabel { listener: listener.to_owned() }).observe(seconds);
+        self.requests
+            .get_or_create(&RequestLabels {
+                listener: listener.to_owned(),
+                status_class,
+                decision,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_owned(),
+            })
+            .observe(seconds);
     }
 
     /// Counts a refusal before policy (`bad_path`, `bad_header`, `protocol_error`, ...).
     pub fn refused(&self, listener: &str, reason: &'static str) {
-        self.refused.get_or_create(&RefusalLabels { listener: listener.to_owned(), reason }).inc();
+        self.refused
+            .get_or_create(&RefusalLabels {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// Requests counted so far for a listener, status class and decision (for tests).
-    pub fn requests_total(&self, listener: &str, status_class: &'static str, decision: &'static str) -> u64 {
-        self.requests.get_or_create(&RequestLabels { listener: listener.to_owned(), status_class, decision }).get()
+    pub fn requests_total(
+        &self,
+        listener: &str,
+        status_class: &'static str,
+        decision: &'static str,
+    ) -> u64 {
+        self.requests
+            .get_or_create(&RequestLabels {
+                listener: listener.to_owned(),
+                status_class,
+                decision,
+            })
+            .get()
     }
 
     /// Refusals counted so far (for tests).
     pub fn refused_total(&self, listener: &str, reason: &'static str) -> u64 {
-        self.refused.get_or_create(&RefusalLabels { listener: listener.to_owned(), reason }).get()
+        self.refused
+            .get_or_create(&RefusalLabels {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .get()
     }
 }

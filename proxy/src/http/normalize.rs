@@ -123,7 +123,10 @@ fn decode_segment(raw: &str) -> Result<(String, bool), PathError> {
         match b {
             b'\\' => return Err(PathError::Backslash),
             b'%' => {
-                let (Some(hi), Some(lo)) = (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) else {
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).and_then(hex),
+                    bytes.get(i + 2).and_then(hex),
+                ) else {
                     return Err(PathError::BadPercent);
                 };
                 let decoded = hi << 4 | lo;
@@ -178,7 +181,10 @@ mod tests {
     #[test]
     fn canonical_paths_are_borrowed_unchanged() {
         for p in ["/", "/a", "/a/b/", "/a.b/c..d/.e", "*", "/a;x=1/b"] {
-            assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(q)) if q == p), "{p}");
+            assert!(
+                matches!(normalize_path(p), Ok(Cow::Borrowed(q)) if q == p),
+                "{p}"
+            );
         }
     }
 
@@ -237,7 +243,10 @@ mod tests {
             let mut i = 0;
             while i < bytes.len() {
                 if bytes[i] == b'%'
-                    && let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex))
+                    && let (Some(h), Some(l)) = (
+                        bytes.get(i + 1).and_then(hex),
+                        bytes.get(i + 2).and_then(hex),
+                    )
                 {
                     seg.push(h << 4 | l);
                     i += 3;

@@ -38,7 +38,11 @@ pub fn strip_connection_headers(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE] {
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
         headers.remove(name);
     }
     headers.remove("keep-alive");
@@ -57,11 +61,18 @@ pub fn upgrade_to_h2<B>(request: &mut Request<B>) -> Result<(), UpgradeError> {
         request.headers_mut().remove(ORIG_PROTO);
         return Ok(());
     }
-    let value = if original == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let value = if original == Version::HTTP_10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
     let authority = match request.uri().authority() {
         Some(authority) => authority.clone(),
         None => {
-            let host = request.headers().get(header::HOST).ok_or(UpgradeError::NoAuthority)?;
+            let host = request
+                .headers()
+                .get(header::HOST)
+                .ok_or(UpgradeError::NoAuthority)?;
             Authority::try_from(host.as_bytes()).map_err(|_| UpgradeError::BadAuthority)?
         }
     };
@@ -135,19 +146,33 @@ mod tests {
 
     #[test]
     fn h2_stays_h2_and_a_spoofed_marker_is_dropped() {
-        let mut req = Request::get("http://svc/x").version(Version::HTTP_2).header(ORIG_PROTO, "HTTP/1.1").body(()).unwrap();
+        let mut req = Request::get("http://svc/x")
+            .version(Version::HTTP_2)
+            .header(ORIG_PROTO, "HTTP/1.1")
+            .body(())
+            .unwrap();
         upgrade_to_h2(&mut req).unwrap();
         assert!(!req.headers().contains_key(ORIG_PROTO));
         assert_eq!(restore_version(&mut req), Version::HTTP_2);
-        let mut req = Request::get("http://svc/x").version(Version::HTTP_2).body(()).unwrap();
+        let mut req = Request::get("http://svc/x")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
         assert_eq!(restore_version(&mut req), Version::HTTP_2);
     }
 
     #[test]
     fn http1_without_host_is_refused() {
-        let mut req = Request::get("/x").version(Version::HTTP_11).body(()).unwrap();
+        let mut req = Request::get("/x")
+            .version(Version::HTTP_11)
+            .body(())
+            .unwrap();
         assert_eq!(upgrade_to_h2(&mut req), Err(UpgradeError::NoAuthority));
-        let mut req = Request::get("/x").version(Version::HTTP_10).header("host", "a b").body(()).unwrap();
+        let mut req = Request::get("/x")
+            .version(Version::HTTP_10)
+            .header("host", "a b")
+            .body(())
+            .unwrap();
         assert_eq!(upgrade_to_h2(&mut req), Err(UpgradeError::BadAuthority));
     }
 

@@ -16,10 +16,10 @@ use super::body::ProxyBody;
 use super::exchange::{Exchange, InFlight, Reporting};
 use super::orig_proto::{strip_connection_headers, upgrade_to_h2};
 use super::pool::{Connector, H2Pool, Io, UpstreamError};
-use super::upgrade::{self, is_upgrade};
 use super::respond;
 use super::serve::{ServeOutcome, serve_connection};
 use super::settings::HttpSettings;
+use super::upgrade::{self, is_upgrade};
 use crate::access_log::{ConnectionRecord, ErrorClass, Outcome};
 use crate::config::Target;
 
@@ -65,40 +65,79 @@ impl OutboundHttp {
     ) -> Self {
         let mut h2 = client.clone();
         h2.alpn_protocols = vec![ALPN_H2.to_vec()];
-        let peer = H2Pool::new(mtls_connector(target.clone(), sni.clone(), Arc::new(h2), timeouts), settings.clone());
+        let peer = H2Pool::new(
+            mtls_connector(target.clone(), sni.clone(), Arc::new(h2), timeouts),
+            settings.clone(),
+        );
         let mut h1 = client.clone();
         h1.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
         let upgrade_connect = mtls_connector(target.clone(), sni, Arc::new(h1), timeouts);
-        Self { inner: Arc::new(Inner { target, settings, reporting, peer, upgrade_connect }) }
+        Self {
+            inner: Arc::new(Inner {
+                target,
+                settings,
+                reporting,
+                peer,
+                upgrade_connect,
+            }),
+        }
     }
 
     /// Serves one plaintext connection from the app until it ends.
-    pub async fn serve<I>(&self, io: I, record: ConnectionRecord, stop: tokio_util::sync::CancellationToken) -> ServeOutcome
+    pub async fn serve<I>(
+        &self,
+        io: I,
+        record: ConnectionRecord,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> ServeOutcome
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let connection = Arc::new(Connection { proxy: self.inner.clone(), record, in_flight: Arc::default() });
+        let connection = Arc::new(Connection {
+            proxy: self.inner.clone(),
+            record,
+            in_flight: Arc::default(),
+        });
         let in_flight = connection.in_flight.clone();
         let service = hyper::service::service_fn(move |request| {
             let connection = connection.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
-        serve_connection(io, &self.inner.settings, service, in_flight, &self.inner.reporting, stop).await
+        serve_connection(
+            io,
+            &self.inner.settings,
+            service,
+            in_flight,
+            &self.inner.reporting,
+            stop,
+        )
+        .await
     }
 }
 
 impl Connection {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
         let proxy = &self.proxy;
-        let mut exchange = Exchange::start(&mut request, &self.record, &proxy.reporting, &self.in_flight);
+        let mut exchange = Exchange::start(
+            &mut request,
+            &self.record,
+            &proxy.reporting,
+            &self.in_flight,
+        );
         let grpc = respond::is_grpc(request.headers());
         if is_upgrade(&request) {
             return self.forward_upgrade(request, exchange).await;
         }
         if let Err(error) = upgrade_to_h2(&mut request) {
-            proxy.reporting.metrics.refused(&proxy.reporting.listener, "bad_request");
-            exchange.line.fail(ErrorClass::Downstream, error.to_string());
-            let response = respond::bad_request(grpc, &exchange.fields.request_id, &error.to_string());
+            proxy
+                .reporting
+                .metrics
+                .refused(&proxy.reporting.listener, "bad_request");
+            exchange
+                .line
+                .fail(ErrorClass::Downstream, error.to_string());
+            let response =
+                respond::bad_request(grpc, &exchange.fields.request_id, &error.to_string());
             return exchange.finish(response);
         }
         // Outbound does not authorize (the peer does); the line says it was forwarded.
@@ -116,13 +155,28 @@ impl Connection {
                 let reason = format!("the peer sidecar at {} failed: {error}", proxy.target);
                 tracing::warn!(listener = %proxy.reporting.listener, upstream = %proxy.target, %reason, "outbound request failed");
                 exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(grpc, false, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                let response = respond::upstream_failed(
+                    grpc,
+                    false,
+                    &exchange.fields.request_id,
+                    &reason,
+                    proxy.settings.detail,
+                );
                 exchange.finish(response)
             }
             Err(_) => {
-                let reason = format!("the peer sidecar at {} did not answer within {:?}", proxy.target, proxy.settings.request_timeout);
+                let reason = format!(
+                    "the peer sidecar at {} did not answer within {:?}",
+                    proxy.target, proxy.settings.request_timeout
+                );
                 exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(grpc, true, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                let response = respond::upstream_failed(
+                    grpc,
+                    true,
+                    &exchange.fields.request_id,
+                    &reason,
+                    proxy.settings.detail,
+                );
                 exchange.finish(response)
             }
         }
@@ -131,28 +185,54 @@ impl Connection {
 
 impl Connection {
     /// Upgrade and CONNECT: a dedicated HTTP/1.1 mTLS connection to the peer, then a tunnel.
-    async fn forward_upgrade(&self, request: Request<Incoming>, mut exchange: Exchange) -> Response<ProxyBody> {
+    async fn forward_upgrade(
+        &self,
+        request: Request<Incoming>,
+        mut exchange: Exchange,
+    ) -> Response<ProxyBody> {
         let proxy = &self.proxy;
         exchange.line.decision = Some(Outcome::Allow);
         exchange.set_decision();
         exchange.line.upstream = Some(proxy.target.to_string());
         exchange.forwarded = Some(Instant::now());
         let forwarded = async {
-            let io = proxy.upgrade_connect.connect().await.map_err(UpstreamError::Connect)?;
+            let io = proxy
+                .upgrade_connect
+                .connect()
+                .await
+                .map_err(UpstreamError::Connect)?;
             upgrade::forward(request, io).await
         };
         match tokio::time::timeout(proxy.settings.request_timeout, forwarded).await {
             Ok(Ok(response)) => exchange.finish(response),
             Ok(Err(error)) => {
-                let reason = format!("the peer sidecar at {} failed the upgrade: {error}", proxy.target);
+                let reason = format!(
+                    "the peer sidecar at {} failed the upgrade: {error}",
+                    proxy.target
+                );
                 exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(false, false, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                let response = respond::upstream_failed(
+                    false,
+                    false,
+                    &exchange.fields.request_id,
+                    &reason,
+                    proxy.settings.detail,
+                );
                 exchange.finish(response)
             }
             Err(_) => {
-                let reason = format!("the peer sidecar at {} did not answer the upgrade in time", proxy.target);
+                let reason = format!(
+                    "the peer sidecar at {} did not answer the upgrade in time",
+                    proxy.target
+                );
                 exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(false, true, &exchange.fields.request_id, &reason, proxy.settings.detail);
+                let response = respond::upstream_failed(
+                    false,
+                    true,
+                    &exchange.fields.request_id,
+                    &reason,
+                    proxy.settings.detail,
+                );
                 exchange.finish(response)
             }
         }
@@ -173,13 +253,18 @@ pub fn mtls_connector(
                 .await
                 .map_err(|e| format!("cannot connect to {target}: {e}"))?;
             let name = sni.as_deref().unwrap_or(target.host()).to_owned();
-            let server_name =
-                ServerName::try_from(name.clone()).map_err(|_| format!("`{name}` is not a valid TLS server name; set `sni`"))?;
+            let server_name = ServerName::try_from(name.clone())
+                .map_err(|_| format!("`{name}` is not a valid TLS server name; set `sni`"))?;
             let handshake = TlsConnector::from(client).connect(server_name, tcp);
             let tls = tokio::time::timeout(handshake_timeout, handshake)
                 .await
                 .map_err(|_| format!("mTLS handshake with {target} timed out"))?
-                .map_err(|e| format!("mTLS to {target} failed: {}", crate::tls_error::classify(&e).reason))?;
+                .map_err(|e| {
+                    format!(
+                        "mTLS to {target} failed: {}",
+                        crate::tls_error::classify(&e).reason
+                    )
+                })?;
             Ok(Box::new(tls) as Box<dyn Io>)
         })
     })

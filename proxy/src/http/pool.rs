@@ -88,14 +88,24 @@ impl std::fmt::Debug for H2Pool {
 impl H2Pool {
     /// A pool that opens connections with `connect`.
     pub fn new(connect: Connector, settings: Arc<HttpSettings>) -> Self {
-        Self { connect, current: Arc::default(), settings }
+        Self {
+            connect,
+            current: Arc::default(),
+            settings,
+        }
     }
 
     /// Sends a request on the shared connection (opening it if needed).
-    pub async fn send(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = self.sender().await?;
         sender.ready().await.map_err(UpstreamError::Request)?;
-        sender.send_request(request).await.map_err(UpstreamError::Request)
+        sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Request)
     }
 
     async fn sender(&self) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
@@ -105,7 +115,11 @@ impl H2Pool {
         {
             return Ok(sender.clone());
         }
-        let io = self.connect.connect().await.map_err(UpstreamError::Connect)?;
+        let io = self
+            .connect
+            .connect()
+            .await
+            .map_err(UpstreamError::Connect)?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -113,7 +127,10 @@ impl H2Pool {
             .keep_alive_interval(Duration::from_secs(60))
             .keep_alive_timeout(Duration::from_secs(20))
             .adaptive_window(true);
-        let (sender, connection) = builder.handshake(TokioIo::new(io)).await.map_err(UpstreamError::Handshake)?;
+        let (sender, connection) = builder
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(UpstreamError::Handshake)?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream HTTP/2 connection ended");
@@ -129,7 +146,9 @@ pub fn tcp_connector(target: Target, timeout: Duration) -> Connector {
     Connector::new(move || {
         let target = target.clone();
         Box::pin(async move {
-            let tcp = crate::upstream::connect(&target, timeout).await.map_err(|e| format!("cannot connect to {target}: {e}"))?;
+            let tcp = crate::upstream::connect(&target, timeout)
+                .await
+                .map_err(|e| format!("cannot connect to {target}: {e}"))?;
             Ok(Box::new(tcp) as Box<dyn Io>)
         })
     })
@@ -156,16 +175,27 @@ impl tower::Service<http::Uri> for FixedConnector {
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let (target, timeout) = (self.target.clone(), self.timeout);
-        Box::pin(async move { crate::upstream::connect(&target, timeout).await.map(TokioIo::new) })
+        Box::pin(async move {
+            crate::upstream::connect(&target, timeout)
+                .await
+                .map(TokioIo::new)
+        })
     }
 }
 
 /// An HTTP/1.1 client with a bounded idle pool, dialing `target` whatever the URI.
-pub fn http1_client(target: Target, connect_timeout: Duration, settings: &HttpSettings) -> Http1Client {
+pub fn http1_client(
+    target: Target,
+    connect_timeout: Duration,
+    settings: &HttpSettings,
+) -> Http1Client {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_max_idle_per_host(settings.pool_max_idle)
         .pool_idle_timeout(settings.pool_idle_timeout)
         .set_host(true)
-        .build(FixedConnector { target, timeout: connect_timeout })
+        .build(FixedConnector {
+            target,
+            timeout: connect_timeout,
+        })
 }

@@ -34,7 +34,11 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;"))
+        .is_some_and(|ct| {
+            ct == "application/grpc"
+                || ct.starts_with("application/grpc+")
+                || ct.starts_with("application/grpc;")
+        })
 }
 
 /// The response to a request the policy denied.
@@ -53,11 +57,21 @@ pub fn denied(grpc: bool, request_id: &str, reason: &str, detail: Detail) -> Res
 /// The response to a request the proxy refuses before policy (malformed path and the like).
 pub fn bad_request(grpc: bool, request_id: &str, reason: &str) -> Response<Full<Bytes>> {
     let text = format!("request {request_id} refused: {reason}");
-    if grpc { grpc_error(GRPC_INVALID_ARGUMENT, &text, request_id) } else { plain(StatusCode::BAD_REQUEST, &text, request_id) }
+    if grpc {
+        grpc_error(GRPC_INVALID_ARGUMENT, &text, request_id)
+    } else {
+        plain(StatusCode::BAD_REQUEST, &text, request_id)
+    }
 }
 
 /// The response when the upstream could not be reached (`502`) or did not answer in time (`504`).
-pub fn upstream_failed(grpc: bool, timed_out: bool, request_id: &str, reason: &str, detail: Detail) -> Response<Full<Bytes>> {
+pub fn upstream_failed(
+    grpc: bool,
+    timed_out: bool,
+    request_id: &str,
+    reason: &str,
+    detail: Detail,
+) -> Response<Full<Bytes>> {
     let text = match detail {
         Detail::Show => format!("request {request_id} failed upstream: {reason}"),
         Detail::Hide => format!("request {request_id} failed upstream"),
@@ -75,7 +89,10 @@ pub fn plain(status: StatusCode, text: &str, request_id: &str) -> Response<Full<
     let mut response = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID, id);
     }
@@ -125,7 +142,10 @@ mod tests {
         let r = denied(false, "rid-1", "no allow policy matched", Detail::Show);
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert_eq!(r.headers()[X_REQUEST_ID], "rid-1");
-        assert_eq!(body(r).await, "request rid-1 denied by policy: no allow policy matched\n");
+        assert_eq!(
+            body(r).await,
+            "request rid-1 denied by policy: no allow policy matched\n"
+        );
         let r = denied(false, "rid-1", "secret rule name", Detail::Hide);
         assert!(!body(r).await.contains("secret"));
     }
@@ -135,7 +155,10 @@ mod tests {
         let r = denied(true, "rid-2", "100% no", Detail::Show);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["grpc-status"], "7");
-        assert_eq!(r.headers()["grpc-message"], "request rid-2 denied by policy: 100%25 no");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "request rid-2 denied by policy: 100%25 no"
+        );
         assert_eq!(r.headers()[CONTENT_TYPE], "application/grpc");
         assert!(body(r).await.is_empty());
     }
@@ -148,15 +171,30 @@ mod tests {
             h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
             assert!(is_grpc(&h), "{ct}");
         }
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc-web"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc-web"),
+        );
         assert!(!is_grpc(&h));
     }
 
     #[test]
     fn upstream_failures() {
-        assert_eq!(upstream_failed(false, false, "r", "refused", Detail::Show).status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(upstream_failed(false, true, "r", "slow", Detail::Show).status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(upstream_failed(true, false, "r", "x", Detail::Show).headers()["grpc-status"], "14");
-        assert_eq!(bad_request(false, "r", "x").status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            upstream_failed(false, false, "r", "refused", Detail::Show).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            upstream_failed(false, true, "r", "slow", Detail::Show).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            upstream_failed(true, false, "r", "x", Detail::Show).headers()["grpc-status"],
+            "14"
+        );
+        assert_eq!(
+            bad_request(false, "r", "x").status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

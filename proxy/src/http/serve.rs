@@ -46,7 +46,9 @@ pub async fn serve_connection<I, S>(
 ) -> ServeOutcome
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = std::convert::Infallible> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = std::convert::Infallible>
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     let builder = settings.server_builder();

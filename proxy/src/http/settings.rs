@@ -147,7 +147,10 @@ impl HttpConfig {
             pool_max_idle: self.pool_max_idle,
             pool_idle_timeout: self.pool_idle_timeout.get(),
             detail: self.deny_details.into(),
-            detect: DetectConfig { timeout: self.detect_timeout.get(), opaque_ports: self.opaque_ports.clone() },
+            detect: DetectConfig {
+                timeout: self.detect_timeout.get(),
+                opaque_ports: self.opaque_ports.clone(),
+            },
         }
     }
 }

@@ -36,7 +36,10 @@ fn switched(method: &Method, status: StatusCode) -> bool {
 /// Sends `request` over `io` as HTTP/1.1 and, if the upstream switches protocols, joins the
 /// client's and the upstream's upgraded streams in a background task. Returns the upstream's
 /// response for the client.
-pub async fn forward(mut request: Request<Incoming>, io: Box<dyn Io>) -> Result<Response<Incoming>, UpstreamError> {
+pub async fn forward(
+    mut request: Request<Incoming>,
+    io: Box<dyn Io>,
+) -> Result<Response<Incoming>, UpstreamError> {
     let client_side = hyper::upgrade::on(&mut request);
     let method = request.method().clone();
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
@@ -48,7 +51,10 @@ pub async fn forward(mut request: Request<Incoming>, io: Box<dyn Io>) -> Result<
             tracing::debug!(%error, "upgrade connection to the upstream ended");
         }
     });
-    let mut response = sender.send_request(request.map(boxed)).await.map_err(UpstreamError::Request)?;
+    let mut response = sender
+        .send_request(request.map(boxed))
+        .await
+        .map_err(UpstreamError::Request)?;
     if switched(&method, response.status()) {
         let upstream_side = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
@@ -72,13 +78,26 @@ mod tests {
 
     #[test]
     fn recognizes_upgrades_and_connect() {
-        let ws = Request::get("/ws").header("connection", "keep-alive, Upgrade").header("upgrade", "websocket").body(()).unwrap();
+        let ws = Request::get("/ws")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
         assert!(is_upgrade(&ws));
         let connect = Request::connect("ledger:443").body(()).unwrap();
         assert!(is_upgrade(&connect));
-        let plain = Request::get("/").header("upgrade", "websocket").body(()).unwrap();
-        assert!(!is_upgrade(&plain), "Upgrade without Connection: upgrade is not an upgrade");
-        let h2 = Request::connect("ledger:443").version(http::Version::HTTP_2).body(()).unwrap();
+        let plain = Request::get("/")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(
+            !is_upgrade(&plain),
+            "Upgrade without Connection: upgrade is not an upgrade"
+        );
+        let h2 = Request::connect("ledger:443")
+            .version(http::Version::HTTP_2)
+            .body(())
+            .unwrap();
         assert!(!is_upgrade(&h2));
         assert!(switched(&Method::CONNECT, StatusCode::OK));
         assert!(!switched(&Method::GET, StatusCode::OK));

@@ -44,8 +44,14 @@ mod tests {
     #[test]
     fn spoofed_copies_are_replaced_by_the_proxys_own() {
         let mut headers = HeaderMap::new();
-        headers.append(XFCC, HeaderValue::from_static("By=x;URI=spiffe://bank.example/ns/admin/sa/root"));
-        headers.append("X-Forwarded-Client-Cert", HeaderValue::from_static("URI=spiffe://evil"));
+        headers.append(
+            XFCC,
+            HeaderValue::from_static("By=x;URI=spiffe://bank.example/ns/admin/sa/root"),
+        );
+        headers.append(
+            "X-Forwarded-Client-Cert",
+            HeaderValue::from_static("URI=spiffe://evil"),
+        );
         set_xfcc(&mut headers, LOCAL, Some(PEER));
         let values: Vec<_> = headers.get_all(XFCC).iter().collect();
         assert_eq!(values.len(), 1);

@@ -68,19 +68,29 @@ impl Lines {
 
     /// Request lines (those with an `http` object).
     pub fn requests(&self) -> Vec<serde_json::Value> {
-        self.all().into_iter().filter(|l| !l["http"].is_null()).collect()
+        self.all()
+            .into_iter()
+            .filter(|l| !l["http"].is_null())
+            .collect()
     }
 
     /// Waits (polling, bounded) until `n` request lines with the given direction are in.
     pub async fn wait_requests(&self, direction: &str, n: usize) -> Vec<serde_json::Value> {
         for _ in 0..500 {
-            let lines: Vec<_> = self.requests().into_iter().filter(|l| l["direction"] == direction).collect();
+            let lines: Vec<_> = self
+                .requests()
+                .into_iter()
+                .filter(|l| l["direction"] == direction)
+                .collect();
             if lines.len() >= n {
                 return lines;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("fewer than {n} {direction} request lines: {:#?}", self.all());
+        panic!(
+            "fewer than {n} {direction} request lines: {:#?}",
+            self.all()
+        );
     }
 }
 
@@ -93,7 +103,11 @@ pub fn access_log() -> (AccessLog, Lines) {
     tokio::spawn(async move {
         let mut reader = tokio::io::BufReader::new(source).lines();
         while let Ok(Some(line)) = reader.next_line().await {
-            collected.0.lock().unwrap().push(serde_json::from_str(&line).unwrap());
+            collected
+                .0
+                .lock()
+                .unwrap()
+                .push(serde_json::from_str(&line).unwrap());
         }
     });
     (log, lines)
@@ -106,11 +120,17 @@ pub async fn start_app(seen: Seen) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let seen = seen.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                    let path = request
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default();
                     seen.0.lock().unwrap().push(path);
                     app(request)
                 });
@@ -135,24 +155,50 @@ async fn app(mut request: Request<Incoming>) -> Result<Response<AppBody>, Infall
                 let _ = tokio::io::copy(&mut r, &mut w).await;
             }
         });
-        let status = if request.method() == http::Method::CONNECT { 200 } else { 101 };
+        let status = if request.method() == http::Method::CONNECT {
+            200
+        } else {
+            101
+        };
         let mut builder = Response::builder().status(status);
         if status == 101 {
-            builder = builder.header("connection", "upgrade").header("upgrade", "echo");
+            builder = builder
+                .header("connection", "upgrade")
+                .header("upgrade", "echo");
         }
-        let xfcc = request.headers().get("x-forwarded-client-cert").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-        return Ok(builder.header("x-seen-xfcc", xfcc).body(Full::new(Bytes::new()).boxed()).unwrap());
+        let xfcc = request
+            .headers()
+            .get("x-forwarded-client-cert")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        return Ok(builder
+            .header("x-seen-xfcc", xfcc)
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap());
     }
     let seen = |name: &str, h: &HeaderMap| {
-        h.get_all(name).iter().map(|v| v.to_str().unwrap_or("?").to_owned()).collect::<Vec<_>>().join(" | ")
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?").to_owned())
+            .collect::<Vec<_>>()
+            .join(" | ")
     };
     let version = format!("{:?}", request.version());
     let xfcc = seen("x-forwarded-client-cert", request.headers());
     let host = seen("host", request.headers());
-    let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     let orig = seen("meshguard-orig-proto", request.headers());
     let grpc = request.uri().path().starts_with("/ledger.");
-    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     if path == "/public/slow" {
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
@@ -166,10 +212,18 @@ async fn app(mut request: Request<Incoming>) -> Result<Response<AppBody>, Infall
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
         trailers.insert("grpc-message", "ok".parse().unwrap());
-        let body = DataThenTrailers { data: Some(body), trailers: Some(trailers) };
-        return Ok(builder.header("content-type", "application/grpc").body(body.boxed()).unwrap());
+        let body = DataThenTrailers {
+            data: Some(body),
+            trailers: Some(trailers),
+        };
+        return Ok(builder
+            .header("content-type", "application/grpc")
+            .body(body.boxed())
+            .unwrap());
     }
-    Ok(builder.body(Full::new(Bytes::from(format!("echo:{}", body.len()))).boxed()).unwrap())
+    Ok(builder
+        .body(Full::new(Bytes::from(format!("echo:{}", body.len()))).boxed())
+        .unwrap())
 }
 
 /// The paths the app received, in order.
@@ -226,8 +280,12 @@ pub fn target(addr: SocketAddr) -> Target {
 pub async fn start_pair(settings: HttpSettings) -> Pair {
     let ca = TestCa::new(TD);
     // The ledger's SVID also names `localhost`, so curl can verify it by host name.
-    let server_svid = ca.issue_with(&SvidSpec::new("/ns/ledger/sa/ledger").dns("localhost")).to_svid().unwrap();
-    let server_creds = RotatingCredentials::new(Credentials::new(server_svid, ca.bundle_set())).unwrap();
+    let server_svid = ca
+        .issue_with(&SvidSpec::new("/ns/ledger/sa/ledger").dns("localhost"))
+        .to_svid()
+        .unwrap();
+    let server_creds =
+        RotatingCredentials::new(Credentials::new(server_svid, ca.bundle_set())).unwrap();
     let client_creds = ca.rotating("/ns/web/sa/frontend");
     let seen = Seen::default();
     let app = start_app(seen.clone()).await;
@@ -248,7 +306,11 @@ pub async fn start_pair(settings: HttpSettings) -> Pair {
             target(app),
             authorizer,
             settings.clone(),
-            Reporting { listener: "inbound:test".into(), access_log: inbound_log, metrics: inbound_metrics.clone() },
+            Reporting {
+                listener: "inbound:test".into(),
+                access_log: inbound_log,
+                metrics: inbound_metrics.clone(),
+            },
             Duration::from_secs(5),
         ),
         stop.clone(),
@@ -266,7 +328,11 @@ pub async fn start_pair(settings: HttpSettings) -> Pair {
         Some("localhost".into()),
         &client,
         settings,
-        Reporting { listener: "outbound:test".into(), access_log: outbound_log, metrics: outbound_metrics.clone() },
+        Reporting {
+            listener: "outbound:test".into(),
+            access_log: outbound_log,
+            metrics: outbound_metrics.clone(),
+        },
         (Duration::from_secs(5), Duration::from_secs(5)),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -275,7 +341,9 @@ pub async fn start_pair(settings: HttpSettings) -> Pair {
     let outbound_http = outbound.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, source)) = listener.accept().await else { return };
+            let Ok((stream, source)) = listener.accept().await else {
+                return;
+            };
             let outbound = outbound.clone();
             let stop = outbound_stop.clone();
             tokio::spawn(async move {
@@ -300,22 +368,47 @@ pub async fn start_pair(settings: HttpSettings) -> Pair {
 }
 
 /// An inbound mTLS listener serving HTTP with `inbound`.
-pub async fn start_inbound(creds: RotatingCredentials, inbound: InboundHttp, stop: CancellationToken) -> SocketAddr {
-    let server = TlsProfile::new(creds.clone()).with_alpn([ALPN_H2, ALPN_HTTP1]).server_config().unwrap();
+pub async fn start_inbound(
+    creds: RotatingCredentials,
+    inbound: InboundHttp,
+    stop: CancellationToken,
+) -> SocketAddr {
+    let server = TlsProfile::new(creds.clone())
+        .with_alpn([ALPN_H2, ALPN_HTTP1])
+        .server_config()
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let local_id = creds.current().svid.spiffe_id().to_string();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, source)) = listener.accept().await else { return };
-            let (inbound, server, stop, local_id) = (inbound.clone(), server.clone(), stop.clone(), local_id.clone());
+            let Ok((stream, source)) = listener.accept().await else {
+                return;
+            };
+            let (inbound, server, stop, local_id) = (
+                inbound.clone(),
+                server.clone(),
+                stop.clone(),
+                local_id.clone(),
+            );
             tokio::spawn(async move {
-                let Ok(tls) = TlsAcceptor::from(server).accept(stream).await else { return };
-                let peer_id = meshguard_identity::peer_spiffe_id(tls.get_ref().1).ok().map(|id| id.to_string());
+                let Ok(tls) = TlsAcceptor::from(server).accept(stream).await else {
+                    return;
+                };
+                let peer_id = meshguard_identity::peer_spiffe_id(tls.get_ref().1)
+                    .ok()
+                    .map(|id| id.to_string());
                 let mut record = ConnectionRecord::new(Direction::Inbound, "inbound:test", source);
                 record.peer_id = peer_id.clone();
                 record.local_id = Some(local_id.clone());
-                let peer = PeerContext { peer_id, local_id, source, port: addr.port(), sni: None, record };
+                let peer = PeerContext {
+                    peer_id,
+                    local_id,
+                    source,
+                    port: addr.port(),
+                    sni: None,
+                    record,
+                };
                 let _ = inbound.serve(tls, peer, stop).await;
             });
         }
@@ -326,7 +419,9 @@ pub async fn start_inbound(creds: RotatingCredentials, inbound: InboundHttp, sto
 /// An HTTP/1.1 client connection (keep-alive) to `addr`.
 pub async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     sender
 }
@@ -334,20 +429,35 @@ pub async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequ
 /// An HTTP/2 prior-knowledge client connection to `addr`.
 pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     sender
 }
 
 /// Body as text.
 pub async fn text(response: Response<Incoming>) -> String {
-    String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
 }
 
 /// Writes a client SVID for `path` (cert, key, bundle) into a temp dir for curl.
 pub fn client_files(ca: &TestCa, path: &str) -> (tempfile::TempDir, SvidFiles) {
     let dir = tempfile::tempdir().unwrap();
-    let files = ca.issue(path).write_to_dir(dir.path(), &ca.bundle_pem()).unwrap();
+    let files = ca
+        .issue(path)
+        .write_to_dir(dir.path(), &ca.bundle_pem())
+        .unwrap();
     (dir, files)
 }
 
@@ -355,8 +465,15 @@ pub fn client_files(ca: &TestCa, path: &str) -> (tempfile::TempDir, SvidFiles) {
 pub async fn run(program: &str, args: Vec<String>) -> (bool, String) {
     let program = program.to_owned();
     tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(&program).args(&args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(&program)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     })
     .await
