@@ -27,6 +27,8 @@ enum Command {
     Perf(cli::perf::Args),
     /// Print, apply or remove the iptables rules for transparent capture.
     Iptables(cli::iptables::Args),
+    /// Run the bank demo: a CA in SoftHSM2, sidecars, policies and a scripted run on 127.0.0.1.
+    Demo(cli::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Policy(args) => cli::policy::run(args),
         Command::Perf(args) => cli::perf::run(args),
         Command::Iptables(args) => cli::iptables::run(args),
+        Command::Demo(args) => cli::demo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -20,6 +20,13 @@ use crate::key::{RcgenSigner, SigningKey, rcgen_error};
 
 /// How far `not_before` is set in the past, so peers with slightly slow clocks accept a new SVID.
 pub const BACKDATE: Duration = Duration::from_secs(60);
+
+/// How far `not_before` is backdated for a certificate living `ttl`: [`BACKDATE`], but at most a
+/// tenth of the lifetime. Renewal happens at half of the whole validity, so a backdate near the TTL
+/// would put the renewal time in the past at issuance and make workloads renew in a loop.
+pub fn backdate_for(ttl: Duration) -> Duration {
+    BACKDATE.min(ttl / 10)
+}
 /// Default SVID lifetime (SPIRE's default too).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
@@ -207,7 +214,7 @@ impl CaIssuer {
             params.subject_alt_names.push(SanType::DnsName(dns));
         }
         let not_after = now + ttl;
-        params.not_before = to_offset(now.checked_sub(BACKDATE).unwrap_or(now));
+        params.not_before = to_offset(now.checked_sub(backdate_for(ttl)).unwrap_or(now));
         params.not_after = to_offset(not_after);
         let serial = random_serial()?;
         let serial_hex = hex::encode_upper(serial.as_ref());
@@ -320,4 +327,24 @@ fn valid_dns_name(name: &str) -> bool {
 /// rcgen takes `time::OffsetDateTime`.
 fn to_offset(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_at_half_life_lies_after_issuance_for_any_ttl() {
+        for secs in [20, 30, 90, 600, 3600, 86_400] {
+            let ttl = Duration::from_secs(secs);
+            let backdate = backdate_for(ttl);
+            // The half-life point, counted from the backdated not_before, minus the backdate.
+            let renew_after_issuance = (ttl + backdate) / 2 - backdate;
+            assert!(
+                renew_after_issuance >= ttl * 45 / 100,
+                "ttl {secs}s renews {renew_after_issuance:?} after issuance"
+            );
+        }
+        assert_eq!(backdate_for(Duration::from_secs(3600)), BACKDATE);
+    }
 }

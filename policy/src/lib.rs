@@ -6,7 +6,7 @@
 //! - [`spec`]: the TOML policy file format, parsed into validated types; [`pattern`], [`hours`]:
 //!   the field types. [`compile`](PolicySet::compile) turns [`Sources`] into a [`PolicySet`].
 //! - [`policy`] matches one policy field by field; [`set`] holds the decision procedure.
-//! - [`rego`]: Rego v1 modules on regorus's bytecode VM.
+//! - [`rego`]: Rego v1 modules on regorus's bytecode VM; `rego_text` pre-checks their source.
 //! - [`request`] and [`decision`]: what goes in and what comes out.
 //! - [`decision_log`]: JSON lines for denies, audits and dry-runs.
 //! - [`lockout`]: continuous verification (temporary blocks after repeated failures).

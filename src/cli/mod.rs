@@ -1,6 +1,7 @@
 //! One module per subcommand; each turns parsed arguments into calls on the library crates.
 
 pub(crate) mod ca;
+pub(crate) mod demo;
 pub(crate) mod iptables;
 pub(crate) mod perf;
 pub(crate) mod policy;

@@ -95,7 +95,7 @@ async fn demo(options: &Options) -> anyhow::Result<Verdict> {
         RootKey::Software => t.warn("root key: SOFTWARE key file (development only)"),
     }
     t.note(&format!(
-        "SVIDs live {} (not_before backdated 60 s for clock skew): every sidecar renews at half-life, over mTLS, during the run",
+        "SVIDs live {} (not_before backdated a tenth of that for clock skew): every sidecar renews at half-life, over mTLS, during the run",
         ca::SVID_TTL
     ));
 

@@ -8,7 +8,11 @@ fuzz_target!(|data: &[u8]| {
     let full = classify(data);
     for n in 0..data.len() {
         if let Classified::Done(early) = classify(&data[..n]) {
-            assert_eq!(Classified::Done(early), full, "verdict changed after {n} bytes");
+            assert_eq!(
+                Classified::Done(early),
+                full,
+                "verdict changed after {n} bytes"
+            );
             break;
         }
     }
