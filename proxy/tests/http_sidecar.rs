@@ -103,6 +103,13 @@ async fn http1_allowed_and_denied_on_one_keep_alive_connection() {
     let out = pair.outbound_lines.wait_requests("outbound", 5).await;
     assert_eq!(out[2]["http"]["request_id"], denied["http"]["request_id"]);
     assert_eq!(out[2]["http"]["version"], "HTTP/1.1");
+    // The outbound lines name the peer sidecar and the mTLS it was reached over, as L4 lines do.
+    for line in &out {
+        assert_eq!(line["peer_id"], LEDGER, "{line}");
+        assert_eq!(line["tls_version"], "TLSv1_3", "{line}");
+        assert_eq!(line["kx_group"], "X25519MLKEM768", "{line}");
+        assert_eq!(line["alpn"], "h2", "{line}");
+    }
     assert_eq!(
         pair.inbound_metrics
             .requests_total("inbound:test", "4xx", "deny"),

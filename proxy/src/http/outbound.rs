@@ -44,7 +44,19 @@ struct Inner {
     peer: H2Pool,
     /// Dedicated mTLS connections (ALPN http/1.1) for Upgrade and CONNECT.
     upgrade_connect: Connector,
+    /// What the latest mTLS handshake with the peer sidecar established: every request line names
+    /// the peer and the TLS parameters it travelled with, as the L4 lines do.
+    peer_tls: PeerTlsSlot,
 }
+
+/// The peer sidecar's verified identity and the negotiated TLS parameters of the latest connection.
+#[derive(Debug)]
+struct PeerTls {
+    peer_id: Option<String>,
+    info: meshguard_identity::TlsInfo,
+}
+
+type PeerTlsSlot = Arc<arc_swap::ArcSwapOption<PeerTls>>;
 
 struct Connection {
     proxy: Arc<Inner>,
@@ -63,15 +75,28 @@ impl OutboundHttp {
         reporting: Reporting,
         timeouts: (Duration, Duration),
     ) -> Self {
+        let peer_tls = PeerTlsSlot::default();
         let mut h2 = client.clone();
         h2.alpn_protocols = vec![ALPN_H2.to_vec()];
         let peer = H2Pool::new(
-            mtls_connector(target.clone(), sni.clone(), Arc::new(h2), timeouts),
+            mtls_connector(
+                target.clone(),
+                sni.clone(),
+                Arc::new(h2),
+                timeouts,
+                peer_tls.clone(),
+            ),
             settings.clone(),
         );
         let mut h1 = client.clone();
         h1.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-        let upgrade_connect = mtls_connector(target.clone(), sni, Arc::new(h1), timeouts);
+        let upgrade_connect = mtls_connector(
+            target.clone(),
+            sni,
+            Arc::new(h1),
+            timeouts,
+            peer_tls.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 target,
@@ -79,6 +104,7 @@ impl OutboundHttp {
                 reporting,
                 peer,
                 upgrade_connect,
+                peer_tls,
             }),
         }
     }
@@ -115,6 +141,20 @@ impl OutboundHttp {
     }
 }
 
+impl Inner {
+    /// Copies the peer's identity and TLS parameters into a request's log line.
+    fn fill_peer_tls(&self, line: &mut ConnectionRecord) {
+        let Some(peer) = self.peer_tls.load_full() else {
+            return;
+        };
+        line.peer_id.clone_from(&peer.peer_id);
+        line.tls_version.clone_from(&peer.info.version);
+        line.cipher_suite.clone_from(&peer.info.cipher_suite);
+        line.kx_group.clone_from(&peer.info.kx_group);
+        line.alpn.clone_from(&peer.info.alpn);
+    }
+}
+
 impl Connection {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
         let proxy = &self.proxy;
@@ -146,7 +186,10 @@ impl Connection {
         exchange.line.upstream = Some(proxy.target.to_string());
         let request = exchange.count_request(request);
         exchange.forwarded = Some(Instant::now());
-        match tokio::time::timeout(proxy.settings.request_timeout, proxy.peer.send(request)).await {
+        let sent =
+            tokio::time::timeout(proxy.settings.request_timeout, proxy.peer.send(request)).await;
+        proxy.fill_peer_tls(&mut exchange.line);
+        match sent {
             Ok(Ok(mut response)) => {
                 strip_connection_headers(response.headers_mut());
                 exchange.finish(response)
@@ -203,7 +246,9 @@ impl Connection {
                 .map_err(UpstreamError::Connect)?;
             upgrade::forward(request, io).await
         };
-        match tokio::time::timeout(proxy.settings.request_timeout, forwarded).await {
+        let forwarded = tokio::time::timeout(proxy.settings.request_timeout, forwarded).await;
+        proxy.fill_peer_tls(&mut exchange.line);
+        match forwarded {
             Ok(Ok(response)) => exchange.finish(response),
             Ok(Err(error)) => {
                 let reason = format!(
@@ -240,14 +285,17 @@ impl Connection {
 }
 
 /// Opens mTLS connections to `target`; the config's verifier refuses unexpected identities.
-pub fn mtls_connector(
+/// Each handshake's peer identity and TLS parameters are stored in `peer_tls` for the log lines.
+fn mtls_connector(
     target: Target,
     sni: Option<String>,
     client: Arc<ClientConfig>,
     (connect_timeout, handshake_timeout): (Duration, Duration),
+    peer_tls: PeerTlsSlot,
 ) -> Connector {
     Connector::new(move || {
         let (target, sni, client) = (target.clone(), sni.clone(), client.clone());
+        let peer_tls = peer_tls.clone();
         Box::pin(async move {
             let tcp = crate::upstream::connect(&target, connect_timeout)
                 .await
@@ -265,6 +313,13 @@ pub fn mtls_connector(
                         crate::tls_error::classify(&e).reason
                     )
                 })?;
+            let (_, state) = tls.get_ref();
+            peer_tls.store(Some(Arc::new(PeerTls {
+                peer_id: meshguard_identity::peer_spiffe_id(state)
+                    .ok()
+                    .map(|id| id.to_string()),
+                info: meshguard_identity::tls_info(state),
+            })));
             Ok(Box::new(tls) as Box<dyn Io>)
         })
     })
