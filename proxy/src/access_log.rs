@@ -208,21 +208,22 @@ async fn write_lines<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<ConnectionRec
     const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut line = Vec::with_capacity(1024);
-    let mut unflushed = false;
+    // When the oldest unflushed line must be on disk; a steady trickle of lines does not push
+    // it back, so no line waits in memory longer than FLUSH_EVERY.
+    let mut flush_by: Option<tokio::time::Instant> = None;
     loop {
-        let next = if unflushed {
-            match tokio::time::timeout(FLUSH_EVERY, rx.recv()).await {
+        let next = match flush_by {
+            Some(deadline) => match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
                     if let Err(error) = out.flush().await {
                         tracing::error!(%error, "writing the access log failed; lines are lost");
                     }
-                    unflushed = false;
+                    flush_by = None;
                     continue;
                 }
-            }
-        } else {
-            rx.recv().await
+            },
+            None => rx.recv().await,
         };
         let Some(record) = next else { break };
         line.clear();
@@ -234,7 +235,7 @@ async fn write_lines<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<ConnectionRec
         if let Err(error) = out.write_all(&line).await {
             tracing::error!(%error, "writing the access log failed; this line is lost");
         }
-        unflushed = true;
+        flush_by.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_EVERY);
     }
     let _ = out.flush().await;
 }
@@ -313,5 +314,29 @@ mod tests {
         }
         assert!(dropped.get() >= 1000 - 4 - 1, "dropped {}", dropped.get());
         assert_eq!(log.dropped(), dropped.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_trickle_is_flushed_within_the_flush_interval() {
+        let (tx, rx) = mpsc::channel(16);
+        let (writer, reader) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(write_lines(rx, writer));
+        let mut reader = tokio::io::BufReader::new(reader);
+        // A line every 20 ms, never a quiet gap of 50 ms: the first line must not wait for one.
+        for n in 0..5 {
+            tx.send(record(n)).await.unwrap();
+            tokio::time::sleep(tokio::time::Duration::from_millis(20)).await;
+        }
+        let mut first = String::new();
+        tokio::time::timeout(
+            tokio::time::Duration::from_millis(1),
+            reader.read_line(&mut first),
+        )
+        .await
+        .expect("the first line was still in memory 100 ms after it was queued")
+        .unwrap();
+        assert!(first.ends_with('\n') && first.starts_with('{'), "{first}");
+        drop(tx);
+        task.await.unwrap();
     }
 }

@@ -28,6 +28,9 @@ pub struct Shared {
     pub timeouts: Timeouts,
     /// Tracks connection tasks so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// Cancelled when the drain starts (SIGTERM): HTTP connections finish the request in flight and
+    /// close (HTTP/1.1) or send GOAWAY (HTTP/2), so clients move on before the grace period ends.
+    pub drain: CancellationToken,
     /// Cancelled when the drain grace period is over: connections still open are closed.
     pub hard_stop: CancellationToken,
     /// Temporary blocks of callers after repeated failures, when `[lockout]` is configured.

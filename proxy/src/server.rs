@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use meshguard_identity::source::ca::{CaSource, CaSourceConfig};
@@ -139,13 +139,6 @@ pub async fn start(
 
     let admin_listener = bind(config.admin.listen, "admin").await?;
     let admin_addr = local_addr(&admin_listener, config.admin.listen);
-    let (credentials, identity) = match credentials {
-        CredentialsInput::Given(credentials) => (credentials, None),
-        CredentialsInput::FromConfig => {
-            let running = start_identity(&config.identity).await?;
-            (running.credentials().clone(), Some(running))
-        }
-    };
     let lockout = config
         .lockout
         .as_ref()
@@ -158,15 +151,32 @@ pub async fn start(
             settings.file.clone(),
         ))
     });
+    // The admin server answers before the first certificate arrives: `/live` says the process is
+    // up and `/ready` says what it is waiting for, which is what an orchestrator needs to see.
+    let loaded: Arc<OnceLock<RotatingCredentials>> = Arc::default();
     let admin_state = AdminState {
         lockout: lockout.clone(),
         break_glass: break_glass.clone(),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
-        certs: certs_summary(credentials.clone()),
+        certs: certs_summary(loaded.clone()),
         config: Arc::new(config.to_redacted_json()),
     };
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped.clone()));
+    let (credentials, identity) = match credentials {
+        CredentialsInput::Given(credentials) => (credentials, None),
+        CredentialsInput::FromConfig => match start_identity(&config.identity).await {
+            Ok(running) => (running.credentials().clone(), Some(running)),
+            Err(error) => {
+                admin_task.abort();
+                if let Some(task) = &lockout_task {
+                    task.abort();
+                }
+                return Err(error);
+            }
+        },
+    };
+    let _ = loaded.set(credentials.clone());
     readiness.set_credentials_loaded();
     let expiry_task = tokio::spawn(track_expiry(credentials.clone(), metrics.clone()));
 
@@ -175,6 +185,7 @@ pub async fn start(
         access_log: access_log.clone(),
         timeouts: config.timeouts,
         connections: TaskTracker::new(),
+        drain: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         lockout: lockout.clone(),
     };
@@ -368,6 +379,7 @@ pub async fn start(
     let done = tokio::spawn(async move {
         let _ = on_stop.wait_for(|stop| *stop).await;
         readiness.set_draining();
+        shared.drain.cancel();
         for accept in loops {
             let _ = accept.await;
         }
@@ -527,8 +539,11 @@ async fn track_expiry(credentials: RotatingCredentials, metrics: Arc<Metrics>) {
     }
 }
 
-fn certs_summary(credentials: RotatingCredentials) -> admin::CertsSummary {
+fn certs_summary(loaded: Arc<OnceLock<RotatingCredentials>>) -> admin::CertsSummary {
     Arc::new(move || {
+        let Some(credentials) = loaded.get() else {
+            return serde_json::json!({"spiffe_id": null, "status": "no certificate loaded yet"});
+        };
         let current = credentials.current();
         let svid = &current.svid;
         serde_json::json!({

@@ -91,9 +91,7 @@ where
         sni: facts.sni,
         record: conn.record.clone(),
     };
-    let outcome = http
-        .serve(io, peer, listener.shared.hard_stop.clone())
-        .await;
+    let outcome = http.serve(io, peer, listener.shared.drain.clone()).await;
     finish(&mut conn, outcome);
     conn
 }
@@ -149,7 +147,7 @@ pub async fn outbound(
 ) -> Connection {
     conn.record.original_dst = Some(listener.config.listen.to_string());
     conn.record.local_id = Some(listener.shared.local_id());
-    let stop = listener.shared.hard_stop.clone();
+    let stop = listener.shared.drain.clone();
     if listener.config.protocol == Protocol::Http {
         conn.record.upstream = Some(listener.config.target.to_string());
         let outcome = http.serve(app, conn.record.clone(), stop).await;
