@@ -1,6 +1,8 @@
 //! The `meshguard` command: parses arguments and wires the library crates together. Nothing else
 //! lives here; each subcommand's wiring is in its own file under `src/cli/`.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -12,6 +12,8 @@
 //! - [`error`]: [`CaError`], [`HsmFault`] and [`Refusal`].
 //! - [`secret`]: a wrapper that never prints PINs or tokens.
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod authority;
 pub mod error;

@@ -21,6 +21,8 @@
 //! (with `rotate_at` beside it) and the ticket age check in `resumption`.
 //! - `test_ca` (feature `test-util`): an rcgen CA issuing good and deliberately bad SVIDs for tests.
 
+#![forbid(unsafe_code)]
+
 pub mod bundle;
 pub mod credentials;
 pub mod error;

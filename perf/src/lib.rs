@@ -15,6 +15,8 @@
 //! - `benches/`: criterion benches of the fast path: full and resumed mTLS handshakes in memory,
 //!   and the copy loop over an in-memory duplex and loopback TCP.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod connect;
 pub mod engine;

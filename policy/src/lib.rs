@@ -15,6 +15,8 @@
 //!   only modules that touch the file system.
 //! - [`cases`] and [`replay`]: what `meshguard policy test` and `replay` run.
 
+#![forbid(unsafe_code)]
+
 pub mod break_glass;
 pub mod cases;
 mod compile;

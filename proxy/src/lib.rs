@@ -20,6 +20,8 @@
 //! - [`detect`]: protocol detection (HTTP/1, HTTP/2, opaque); [`http`]: the L7 proxy
 //!   (per-request authorization, XFCC, request access log, limits).
 
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod admin;
 pub mod authz;

@@ -10,6 +10,8 @@
 //! - [`script`]: the scripted requests; [`checks`]: curl and the policy engine with a fixed clock;
 //!   [`perf`]: the closing measurement; [`logs`] reads access logs; [`transcript`] prints.
 
+#![forbid(unsafe_code)]
+
 pub mod apps;
 pub mod ca;
 pub mod checks;
