@@ -13,7 +13,8 @@ use super::body::{Counted, ProxyBody, boxed};
 use super::metrics::HttpMetrics;
 use super::record::{HttpFields, version_name};
 use super::request_id::{ensure_request_id, trace_id};
-use crate::access_log::{AccessLog, ConnectionRecord, Outcome};
+use super::respond::{Detail, upstream_failed};
+use crate::access_log::{AccessLog, ConnectionRecord, ErrorClass, Outcome};
 
 /// What every request on one listener reports to.
 #[derive(Debug, Clone)]
@@ -125,6 +126,20 @@ impl Exchange {
             Some(Outcome::Deny) => "deny",
             None => "refused",
         };
+    }
+
+    /// Ends the request as an upstream failure: the log line gets `reason` with the upstream
+    /// error class, and the client gets 502 (or 504 when `timed_out`), as gRPC when `grpc`.
+    pub fn fail_upstream(
+        mut self,
+        grpc: bool,
+        timed_out: bool,
+        reason: String,
+        detail: Detail,
+    ) -> Response<ProxyBody> {
+        let response = upstream_failed(grpc, timed_out, &self.fields.request_id, &reason, detail);
+        self.line.fail(ErrorClass::Upstream, reason);
+        self.finish(response)
     }
 
     /// Wraps the response so that the log line is written and the metrics counted when its body

@@ -244,30 +244,14 @@ impl Connection {
             }
             Ok(Err(error)) => {
                 let reason = format!("the app at {} failed: {error}", proxy.forward_to);
-                exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(
-                    grpc,
-                    false,
-                    &exchange.fields.request_id,
-                    &reason,
-                    proxy.settings.detail,
-                );
-                exchange.finish(response)
+                exchange.fail_upstream(grpc, false, reason, proxy.settings.detail)
             }
             Err(_) => {
                 let reason = format!(
                     "the app at {} did not answer within {:?}",
                     proxy.forward_to, proxy.settings.request_timeout
                 );
-                exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(
-                    grpc,
-                    true,
-                    &exchange.fields.request_id,
-                    &reason,
-                    proxy.settings.detail,
-                );
-                exchange.finish(response)
+                exchange.fail_upstream(grpc, true, reason, proxy.settings.detail)
             }
         }
     }
@@ -304,30 +288,14 @@ impl Connection {
                     "the app at {} failed the upgrade: {error}",
                     proxy.forward_to
                 );
-                exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(
-                    false,
-                    false,
-                    &exchange.fields.request_id,
-                    &reason,
-                    proxy.settings.detail,
-                );
-                exchange.finish(response)
+                exchange.fail_upstream(false, false, reason, proxy.settings.detail)
             }
             Err(_) => {
                 let reason = format!(
                     "the app at {} did not answer the upgrade in time",
                     proxy.forward_to
                 );
-                exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(
-                    false,
-                    true,
-                    &exchange.fields.request_id,
-                    &reason,
-                    proxy.settings.detail,
-                );
-                exchange.finish(response)
+                exchange.fail_upstream(false, true, reason, proxy.settings.detail)
             }
         }
     }

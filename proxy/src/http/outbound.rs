@@ -197,30 +197,14 @@ impl Connection {
             Ok(Err(error)) => {
                 let reason = format!("the peer sidecar at {} failed: {error}", proxy.target);
                 tracing::warn!(listener = %proxy.reporting.listener, upstream = %proxy.target, %reason, "outbound request failed");
-                exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(
-                    grpc,
-                    false,
-                    &exchange.fields.request_id,
-                    &reason,
-                    proxy.settings.detail,
-                );
-                exchange.finish(response)
+                exchange.fail_upstream(grpc, false, reason, proxy.settings.detail)
             }
             Err(_) => {
                 let reason = format!(
                     "the peer sidecar at {} did not answer within {:?}",
                     proxy.target, proxy.settings.request_timeout
                 );
-                exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(
-                    grpc,
-                    true,
-                    &exchange.fields.request_id,
-                    &reason,
-                    proxy.settings.detail,
-                );
-                exchange.finish(response)
+                exchange.fail_upstream(grpc, true, reason, proxy.settings.detail)
             }
         }
     }
@@ -255,30 +239,14 @@ impl Connection {
                     "the peer sidecar at {} failed the upgrade: {error}",
                     proxy.target
                 );
-                exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(
-                    false,
-                    false,
-                    &exchange.fields.request_id,
-                    &reason,
-                    proxy.settings.detail,
-                );
-                exchange.finish(response)
+                exchange.fail_upstream(false, false, reason, proxy.settings.detail)
             }
             Err(_) => {
                 let reason = format!(
                     "the peer sidecar at {} did not answer the upgrade in time",
                     proxy.target
                 );
-                exchange.line.fail(ErrorClass::Upstream, reason.clone());
-                let response = respond::upstream_failed(
-                    false,
-                    true,
-                    &exchange.fields.request_id,
-                    &reason,
-                    proxy.settings.detail,
-                );
-                exchange.finish(response)
+                exchange.fail_upstream(false, true, reason, proxy.settings.detail)
             }
         }
     }
