@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::compare::CompareArgs;
 use crate::measure::{handshake, http, tcp, upstream};
 use crate::rate::{Rate, parse_duration};
 use crate::tls::TlsFiles;
@@ -22,6 +23,9 @@ pub enum Command {
     Tcp(TcpArgs),
     /// Serve the built-in fast upstream (HTTP/1.1, HTTP/2 and TCP echo on one port).
     Upstream(UpstreamArgs),
+    /// Build direct, meshguard and peer proxies on loopback, run every scenario against each
+    /// (interleaved) and write report.md, report.json and SVG charts.
+    Compare(CompareArgs),
 }
 
 /// Options every load mode shares.
@@ -113,6 +117,7 @@ pub struct TcpArgs {
     #[arg(long)]
     pub target: String,
     /// Stream as fast as possible and report throughput per stream, instead of ping-pong latency.
+    /// Bulk ignores --rate and --timeout: each of --connections streams for --duration.
     #[arg(long)]
     pub bulk: bool,
     /// Bytes per ping-pong message, or per write in bulk mode.
@@ -136,7 +141,10 @@ pub struct UpstreamArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Serve mTLS with this SVID; clients must present an SVID too (`--expect-id` narrows which).
-    #[command(flatten)]
+    #[command(
+        flatten,
+        next_help_heading = "mTLS (server side: --cert/--key are the upstream's SVID, --bundle verifies clients, --expect-id names the client IDs allowed)"
+    )]
     pub tls: TlsArgs,
 }
 
@@ -147,6 +155,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Handshake(a) => a.load.threads,
         Command::Tcp(a) => a.load.threads,
         Command::Upstream(a) => a.threads,
+        Command::Compare(_) => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = threads {
@@ -162,6 +171,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Command::Handshake(args) => (handshake(&args).await?, args.load.json),
             Command::Tcp(args) => (tcp(&args).await?, args.load.json),
             Command::Upstream(args) => return upstream(&args).await,
+            Command::Compare(args) => return compare(&args).await,
         };
         print!("{report}");
         if let Some(path) = json {
@@ -174,4 +184,63 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// `perf compare`: runs, writes the report, and fails on errors in `--smoke` or on regressions.
+async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
+    let outcome = crate::compare::run(args).await?;
+    let report = &outcome.report;
+    println!("report written to {}", outcome.report_md.display());
+    for goal in &report.goals {
+        let verdict = match goal.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "-",
+        };
+        println!(
+            "  {}: {} (goal {}) {verdict}",
+            goal.what, goal.measured, goal.goal
+        );
+    }
+    if args.smoke {
+        let failed: Vec<String> = report
+            .scenarios
+            .iter()
+            .flat_map(|s| s.targets.iter().map(move |t| (s, t)))
+            .filter(|(_, t)| t.median.errors > 0 || t.median.completed == 0)
+            .map(|(s, t)| {
+                format!(
+                    "{} against {}: {} errors, {} completed",
+                    s.key, t.target, t.median.errors, t.median.completed
+                )
+            })
+            .collect();
+        anyhow::ensure!(
+            failed.is_empty(),
+            "the smoke run had failures (see {}): {}",
+            outcome.report_md.display(),
+            failed.join("; ")
+        );
+        println!("smoke: every scenario completed against every target without errors");
+    }
+    if !report.regressions.is_empty() {
+        for r in &report.regressions {
+            println!(
+                "  REGRESSION {} / {} {}: {} -> {} ({:.0} % worse)",
+                r.scenario,
+                r.target,
+                r.figure,
+                r.baseline,
+                r.now,
+                r.worse_by * 100.0
+            );
+        }
+        anyhow::bail!(
+            "{} figures regressed beyond {:.0} % against the baseline; see {}",
+            report.regressions.len(),
+            args.threshold * 100.0,
+            outcome.report_md.display()
+        );
+    }
+    Ok(())
 }

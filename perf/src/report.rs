@@ -137,10 +137,13 @@ impl fmt::Display for Report {
         )?;
         let mut rows: Vec<(&str, &LatencySummary)> = Vec::new();
         if self.latency_us.max > 0 {
-            rows.push(("latency (from intended send)", &self.latency_us));
-            rows.push(("service time (from send)", &self.service_time_us));
             if self.target_rate.is_some() {
+                rows.push(("latency (from intended send)", &self.latency_us));
+                rows.push(("service time (from send)", &self.service_time_us));
                 rows.push(("send lag (behind schedule)", &self.send_lag_us));
+            } else {
+                // A closed loop has no schedule: latency and service time are the same thing.
+                rows.push(("latency (from send)", &self.latency_us));
             }
         }
         let extra_rows: Vec<(&str, LatencySummary)> = self
@@ -245,6 +248,11 @@ mod tests {
         assert!(text.contains("max (closed loop)"), "{text}");
         assert!(text.contains("p99.9"), "{text}");
         assert!(text.contains("error http_5xx: 1"), "{text}");
+        assert!(text.contains("latency (from send)"), "{text}");
+        assert!(
+            !text.contains("intended"),
+            "a closed loop has no intended send time: {text}"
+        );
     }
 
     #[test]

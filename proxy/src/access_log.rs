@@ -57,8 +57,10 @@ pub enum Outcome {
 /// shape, which is what log pipelines and auditors expect.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionRecord {
-    /// When the connection was accepted (RFC 3339, UTC).
-    pub start_time: String,
+    /// When the connection was accepted; written as RFC 3339, UTC. Kept as a timestamp (not
+    /// text) so the data path neither formats nor allocates it: the writer task does.
+    #[serde(serialize_with = "rfc3339")]
+    pub start_time: jiff::Timestamp,
     /// From accept to close, in milliseconds.
     pub duration_ms: f64,
     /// Inbound, outbound or transparent.
@@ -108,11 +110,36 @@ pub struct ConnectionRecord {
 impl ConnectionRecord {
     /// A record for a connection accepted now, with every later field empty.
     pub fn new(direction: Direction, listener: &str, source_addr: SocketAddr) -> Self {
+        Self::empty(
+            jiff::Timestamp::now(),
+            direction,
+            listener.to_owned(),
+            source_addr,
+        )
+    }
+
+    /// An empty record left behind when this one is moved out of a struct that must keep one
+    /// (an HTTP exchange handing its line over): no clock read, no allocation. Never logged.
+    pub(crate) fn placeholder(&self) -> Self {
+        Self::empty(
+            jiff::Timestamp::UNIX_EPOCH,
+            self.direction,
+            String::new(),
+            self.source_addr,
+        )
+    }
+
+    fn empty(
+        start_time: jiff::Timestamp,
+        direction: Direction,
+        listener: String,
+        source_addr: SocketAddr,
+    ) -> Self {
         Self {
-            start_time: jiff::Timestamp::now().to_string(),
+            start_time,
             duration_ms: 0.0,
             direction,
-            listener: listener.to_owned(),
+            listener,
             source_addr,
             peer_id: None,
             local_id: None,
@@ -140,6 +167,12 @@ impl ConnectionRecord {
         self.error_class = Some(class);
         self.reason = Some(reason.into());
     }
+}
+
+/// Writes a timestamp as its RFC 3339 text (`jiff`'s `Display`, e.g. `2026-11-25T21:00:01.020082581Z`)
+/// straight into the line, without an intermediate `String`.
+fn rfc3339<S: serde::Serializer>(time: &jiff::Timestamp, out: S) -> Result<S::Ok, S::Error> {
+    out.collect_str(time)
 }
 
 /// The sending side of the access log; cheap to clone, never blocks.
@@ -202,6 +235,15 @@ impl AccessLog {
     }
 }
 
+/// Appends `record` to `line` as one JSON object and a newline: the exact bytes the writer task
+/// puts in the log. Public so the encoding can be benchmarked (`proxy/benches/access_log.rs`).
+#[doc(hidden)]
+pub fn encode_line(record: &ConnectionRecord, line: &mut Vec<u8>) -> serde_json::Result<()> {
+    serde_json::to_writer(&mut *line, record)?;
+    line.push(b'\n');
+    Ok(())
+}
+
 async fn write_lines<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<ConnectionRecord>, out: W) {
     // Lines are flushed at most `FLUSH_EVERY` after they were queued. Flushing whenever the queue
     // ran empty cost one file write (a blocking-pool round trip) per request at moderate rates.
@@ -227,11 +269,10 @@ async fn write_lines<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<ConnectionRec
         };
         let Some(record) = next else { break };
         line.clear();
-        if serde_json::to_writer(&mut line, &record).is_err() {
+        if encode_line(&record, &mut line).is_err() {
             tracing::error!("an access-log record could not be encoded; it is skipped");
             continue;
         }
-        line.push(b'\n');
         if let Err(error) = out.write_all(&line).await {
             tracing::error!(%error, "writing the access log failed; this line is lost");
         }
@@ -301,6 +342,42 @@ mod tests {
         let second: serde_json::Value =
             serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
         assert_eq!(second["bytes_in"], 2);
+    }
+
+    #[test]
+    fn encode_line_appends_one_json_line() {
+        let mut line = b"previous\n".to_vec();
+        encode_line(&record(7), &mut line).unwrap();
+        let text = std::str::from_utf8(&line).unwrap();
+        let (previous, encoded) = text.split_once('\n').unwrap();
+        assert_eq!(previous, "previous");
+        assert!(encoded.ends_with('\n'));
+        assert_eq!(encoded.matches('\n').count(), 1, "{encoded}");
+        let value: serde_json::Value = serde_json::from_str(encoded).unwrap();
+        assert_eq!(value["bytes_in"], 7);
+        assert_eq!(value["reason"], "no allow policy matched");
+        assert!(value["http"].is_null());
+    }
+
+    #[test]
+    fn start_time_is_written_as_rfc3339_text() {
+        let mut r = record(0);
+        r.start_time = "2026-11-25T21:00:01.020082581Z".parse().unwrap();
+        let value = serde_json::to_value(&r).unwrap();
+        assert_eq!(value["start_time"], "2026-11-25T21:00:01.020082581Z");
+        r.start_time = "2026-11-25T21:00:01Z".parse().unwrap();
+        let value = serde_json::to_value(&r).unwrap();
+        assert_eq!(value["start_time"], "2026-11-25T21:00:01Z");
+    }
+
+    #[test]
+    fn a_placeholder_keeps_only_direction_and_source() {
+        let placeholder = record(3).placeholder();
+        assert_eq!(placeholder.direction, Direction::Inbound);
+        assert_eq!(placeholder.source_addr, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(placeholder.listener, "");
+        assert_eq!(placeholder.bytes_in, 0);
+        assert!(placeholder.reason.is_none() && placeholder.policy.is_none());
     }
 
     #[tokio::test]

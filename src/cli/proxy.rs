@@ -14,6 +14,10 @@ pub(crate) struct Args {
     /// Only validate the config and print the effective config as JSON.
     #[arg(long)]
     check: bool,
+    /// Worker threads of the data plane (default: one per CPU). A sidecar is usually given one or
+    /// two, like linkerd2-proxy's `LINKERD2_PROXY_CORES`; `perf compare` uses one to compare per core.
+    #[arg(long, env = "MESHGUARD_PROXY_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -25,7 +29,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        builder.worker_threads(usize::from(threads));
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -76,7 +76,7 @@ impl Exchange {
         let request_id = ensure_request_id(request.headers_mut());
         let headers = request.headers();
         let fields = HttpFields {
-            method: request.method().as_str().to_owned(),
+            method: request.method().clone(),
             authority: request
                 .uri()
                 .authority()
@@ -98,7 +98,7 @@ impl Exchange {
             ..HttpFields::default()
         };
         let mut line = template.clone();
-        line.start_time = jiff::Timestamp::now().to_string();
+        line.start_time = jiff::Timestamp::now();
         Self {
             line,
             fields,
@@ -169,7 +169,7 @@ impl Exchange {
     /// Moves the state into a new `Exchange` (that one reports; this one, dropped, does not).
     fn hand_over(&mut self) -> Self {
         self.handed_over = true;
-        let placeholder = ConnectionRecord::new(self.line.direction, "", self.line.source_addr);
+        let placeholder = self.line.placeholder();
         Self {
             line: std::mem::replace(&mut self.line, placeholder),
             fields: std::mem::take(&mut self.fields),
@@ -199,7 +199,7 @@ impl Exchange {
             seconds,
         );
         self.line.http = Some(Box::new(std::mem::take(&mut self.fields)));
-        let placeholder = ConnectionRecord::new(self.line.direction, "", self.line.source_addr);
+        let placeholder = self.line.placeholder();
         self.reporting
             .access_log
             .record(std::mem::replace(&mut self.line, placeholder));

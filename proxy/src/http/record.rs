@@ -6,8 +6,9 @@ use serde::Serialize;
 /// One request's L7 fields.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HttpFields {
-    /// Request method.
-    pub method: String,
+    /// Request method (standard methods are stored without an allocation).
+    #[serde(serialize_with = "method_name")]
+    pub method: http::Method,
     /// `:authority` or Host.
     pub authority: Option<String>,
     /// The normalized path the request was authorized on (as received when it was refused).
@@ -38,6 +39,11 @@ pub struct HttpFields {
     pub break_glass: bool,
 }
 
+/// Writes a method as its name, e.g. `"GET"`.
+fn method_name<S: serde::Serializer>(method: &http::Method, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(method.as_str())
+}
+
 /// The log name of an HTTP version.
 pub fn version_name(version: http::Version) -> &'static str {
     match version {
@@ -47,5 +53,25 @@ pub fn version_name(version: http::Version) -> &'static str {
         http::Version::HTTP_2 => "HTTP/2.0",
         http::Version::HTTP_3 => "HTTP/3.0",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_method_is_written_as_its_name() {
+        for (method, name) in [
+            (http::Method::GET, "GET"),
+            (http::Method::from_bytes(b"PROPFIND").unwrap(), "PROPFIND"),
+        ] {
+            let fields = HttpFields {
+                method,
+                ..HttpFields::default()
+            };
+            let value = serde_json::to_value(&fields).unwrap();
+            assert_eq!(value["method"], name);
+        }
     }
 }
