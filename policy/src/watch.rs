@@ -116,6 +116,9 @@ fn settle_deadline() -> Instant {
 
 fn touches(event: &notify::Result<notify::Event>, files: &[PathBuf]) -> bool {
     match event {
+        // Opens and unwritten closes are reads, our own reload's among them: reacting to them
+        // would reload every SETTLE forever.
+        Ok(event) if is_read_only_access(&event.kind) => false,
         Ok(event) => event
             .paths
             .iter()
@@ -125,16 +128,37 @@ fn touches(event: &notify::Result<notify::Event>, files: &[PathBuf]) -> bool {
     }
 }
 
+/// An open, a read or a close without writing: nothing changed.
+fn is_read_only_access(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(
+        kind,
+        notify::EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
+}
+
 fn same_file(event_path: &std::path::Path, file: &std::path::Path) -> bool {
-    event_path == file
-        || match (event_path.canonicalize(), file.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => {
-                event_path.file_name() == file.file_name()
-                    && event_path.parent().and_then(|p| p.canonicalize().ok())
-                        == file.parent().and_then(|p| p.canonicalize().ok())
-            }
+    if event_path == file {
+        return true;
+    }
+    // Most events name another file of a watched directory (an access log written next to the
+    // policy file: one event per write). Tell those apart by name with one lstat instead of
+    // canonicalizing both paths; only a symlink with another name can still be the policy file.
+    if event_path.file_name() != file.file_name()
+        && !std::fs::symlink_metadata(event_path).is_ok_and(|m| m.file_type().is_symlink())
+    {
+        return false;
+    }
+    match (event_path.canonicalize(), file.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => {
+            event_path.file_name() == file.file_name()
+                && event_path.parent().and_then(|p| p.canonicalize().ok())
+                    == file.parent().and_then(|p| p.canonicalize().ok())
         }
+    }
 }
 
 fn sync_dirs(
@@ -222,5 +246,60 @@ mod tests {
         writer.join().unwrap();
         assert!(reloaded.unwrap().unwrap().changed);
         assert_eq!(store.current().default_mode(), crate::DefaultMode::Audit);
+    }
+
+    #[test]
+    fn events_name_the_policy_file_by_path_or_by_a_symlink_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.toml");
+        let log = dir.path().join("access.log");
+        std::fs::write(&policy, "").unwrap();
+        std::fs::write(&log, "").unwrap();
+        assert!(same_file(&policy, &policy));
+        assert!(!same_file(&log, &policy));
+        // Removed since: not a symlink, another name, not the policy.
+        assert!(!same_file(&dir.path().join("gone.log"), &policy));
+        let link = dir.path().join("current");
+        std::os::unix::fs::symlink(&policy, &link).unwrap();
+        assert!(same_file(&link, &policy));
+    }
+
+    #[test]
+    fn a_reload_does_not_trigger_the_next_one() {
+        // The reload opens and reads the file; inotify reports those opens. Counting them as
+        // changes made the watcher reload every SETTLE, forever, after the first edit.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "default = \"deny\"\n").unwrap();
+        let store = Arc::new(PolicyStore::load(vec![file.clone()], None).unwrap());
+        let (tx, rx) = channel();
+        let _watcher = watch(store, move |r| {
+            let _ = tx.send(r.is_ok());
+        })
+        .unwrap();
+        std::fs::write(&file, "default = \"audit\"\n").unwrap();
+        assert!(rx.recv_timeout(Duration::from_secs(20)).unwrap());
+        // Ten settle periods of quiet: a self-triggering watcher would have reloaded ~10 times.
+        let extra = (0..10)
+            .filter(|_| rx.recv_timeout(SETTLE * 2).is_ok())
+            .count();
+        assert_eq!(extra, 0, "the watcher kept reloading an unchanged file");
+    }
+
+    #[test]
+    fn reads_are_not_changes() {
+        use notify::event::{AccessKind, AccessMode, ModifyKind};
+        assert!(is_read_only_access(&notify::EventKind::Access(
+            AccessKind::Open(AccessMode::Any)
+        )));
+        assert!(is_read_only_access(&notify::EventKind::Access(
+            AccessKind::Close(AccessMode::Read)
+        )));
+        assert!(!is_read_only_access(&notify::EventKind::Access(
+            AccessKind::Close(AccessMode::Write)
+        )));
+        assert!(!is_read_only_access(&notify::EventKind::Modify(
+            ModifyKind::Any
+        )));
     }
 }

@@ -219,8 +219,12 @@ fn watch_dirs(
     signal: Arc<Notify>,
 ) -> Result<RecommendedWatcher, SourceError> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Any event, even an error, is a reason to look again; the contents decide.
-        let _ = event;
+        // Any event, even an error, is a reason to look again (the contents decide), except a
+        // file being opened or closed unwritten: our own reads cause those, and looking again on
+        // them would re-read the files every `settle` forever.
+        if event.as_ref().is_ok_and(|e| is_read_only_access(&e.kind)) {
+            return;
+        }
         signal.notify_one();
     })
     .map_err(|source| SourceError::Watch {
@@ -242,6 +246,17 @@ fn watch_dirs(
             .map_err(|source| SourceError::Watch { path: dir, source })?;
     }
     Ok(watcher)
+}
+
+/// An open, a read or a close without writing: no change to look for.
+fn is_read_only_access(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(
+        kind,
+        notify::EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
 }
 
 fn read(path: &Path, role: &'static str) -> Result<Vec<u8>, SourceError> {
@@ -269,4 +284,28 @@ fn read_bundle(path: &Path, trust_domain: TrustDomain) -> Result<TrustBundle, So
         path: path.to_path_buf(),
         source: Box::new(source),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+
+    /// Reading the files (ours included) must not count as a change: the watcher would re-read
+    /// them every `settle`, forever, after the first read.
+    #[test]
+    fn reads_are_not_changes_but_writes_and_renames_are() {
+        assert!(is_read_only_access(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(is_read_only_access(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!is_read_only_access(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_read_only_access(&EventKind::Modify(ModifyKind::Any)));
+        assert!(!is_read_only_access(&EventKind::Create(CreateKind::File)));
+    }
 }

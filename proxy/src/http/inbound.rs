@@ -224,7 +224,11 @@ impl Connection {
         let version = restore_version(&mut request);
         strip_connection_headers(request.headers_mut());
         let request = exchange.count_request(request);
-        exchange.line.upstream = Some(proxy.forward_to.to_string());
+        // The connection's record (which each request line starts from) names it already;
+        // formatting the address again for every request showed in profiles.
+        if exchange.line.upstream.is_none() {
+            exchange.line.upstream = Some(proxy.forward_to.to_string());
+        }
         exchange.forwarded = Some(Instant::now());
         let sent = async {
             if version == Version::HTTP_2 {
@@ -271,7 +275,11 @@ impl Connection {
         {
             *request.uri_mut() = uri;
         }
-        exchange.line.upstream = Some(proxy.forward_to.to_string());
+        // The connection's record (which each request line starts from) names it already;
+        // formatting the address again for every request showed in profiles.
+        if exchange.line.upstream.is_none() {
+            exchange.line.upstream = Some(proxy.forward_to.to_string());
+        }
         exchange.forwarded = Some(Instant::now());
         let forwarded = async {
             let io = proxy

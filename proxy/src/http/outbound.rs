@@ -183,7 +183,11 @@ impl Connection {
         // Outbound does not authorize (the peer does); the line says it was forwarded.
         exchange.line.decision = Some(Outcome::Allow);
         exchange.set_decision();
-        exchange.line.upstream = Some(proxy.target.to_string());
+        // The connection's record (which each request line starts from) names it already;
+        // formatting the address again for every request showed in profiles.
+        if exchange.line.upstream.is_none() {
+            exchange.line.upstream = Some(proxy.target.to_string());
+        }
         let request = exchange.count_request(request);
         exchange.forwarded = Some(Instant::now());
         let sent =
@@ -220,7 +224,11 @@ impl Connection {
         let proxy = &self.proxy;
         exchange.line.decision = Some(Outcome::Allow);
         exchange.set_decision();
-        exchange.line.upstream = Some(proxy.target.to_string());
+        // The connection's record (which each request line starts from) names it already;
+        // formatting the address again for every request showed in profiles.
+        if exchange.line.upstream.is_none() {
+            exchange.line.upstream = Some(proxy.target.to_string());
+        }
         exchange.forwarded = Some(Instant::now());
         let forwarded = async {
             let io = proxy
