@@ -226,7 +226,7 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     if !report.regressions.is_empty() {
         for r in &report.regressions {
             println!(
-                "  REGRESSION {} / {} {}: {} -> {} ({:.0} % worse)",
+                "  REGRESSION {} / {} {}: {:.3} -> {:.3} ({:.0} % worse)",
                 r.scenario,
                 r.target,
                 r.figure,
