@@ -110,7 +110,12 @@ impl Inbound {
                 peer_id,
                 sni,
             };
-            return crate::http::listener::inbound(&self, http, detect, tls, facts, conn).await;
+            // Boxed: the HTTP path's state is large, and inline it would size every connection's
+            // task, L4 ones included, for it.
+            return Box::pin(crate::http::listener::inbound(
+                &self, http, detect, tls, facts, conn,
+            ))
+            .await;
         }
 
         let decision = self.authorizer.decide(ConnectionFacts {

@@ -42,7 +42,12 @@ impl Outbound {
         mut conn: Connection,
     ) -> Connection {
         if let Some((http, detect)) = &self.http {
-            return crate::http::listener::outbound(&self, http, detect, app, conn).await;
+            // Boxed, as on the inbound side: the HTTP path's large state would otherwise size
+            // every connection's task.
+            return Box::pin(crate::http::listener::outbound(
+                &self, http, detect, app, conn,
+            ))
+            .await;
         }
         conn.record.original_dst = Some(self.config.listen.to_string());
         conn.record.local_id = Some(self.shared.local_id());
