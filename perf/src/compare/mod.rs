@@ -380,8 +380,8 @@ fn line(scenario: &Scenario, target: &str, f: &Figures) -> String {
         ),
         ScenarioKind::Bulk => format!("{:.0} MB/s", f.bytes_per_s.unwrap_or(0.0) / 1e6),
         _ => {
-            let p = f.latency_us.unwrap_or_default_summary();
-            format!("{:.0}/s, p50 {} us, p99 {} us", f.achieved_rate, p.0, p.1)
+            let (p50, p99) = f.latency_us.map_or((0, 0), |l| (l.p50, l.p99));
+            format!("{:.0}/s, p50 {p50} us, p99 {p99} us", f.achieved_rate)
         }
     };
     let cpu = match f.per_cpu_s {
@@ -394,17 +394,6 @@ fn line(scenario: &Scenario, target: &str, f: &Figures) -> String {
         "{:<14} {:<18} {headline}{cpu}, errors {}",
         scenario.key, target, f.errors
     )
-}
-
-/// p50 and p99 of an optional summary, zero when absent.
-trait SummaryOrZero {
-    fn unwrap_or_default_summary(&self) -> (u64, u64);
-}
-
-impl SummaryOrZero for Option<crate::report::LatencySummary> {
-    fn unwrap_or_default_summary(&self) -> (u64, u64) {
-        self.map_or((0, 0), |l| (l.p50, l.p99))
-    }
 }
 
 fn cpu_model() -> String {

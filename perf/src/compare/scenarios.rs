@@ -71,12 +71,7 @@ impl Scenario {
             threads: None,
             json: None,
         };
-        let tls = TlsArgs {
-            cert: endpoint.tls.as_ref().and_then(|t| t.cert.clone()),
-            key: endpoint.tls.as_ref().and_then(|t| t.key.clone()),
-            bundle: endpoint.tls.as_ref().and_then(|t| t.bundle.clone()),
-            expect_id: endpoint.tls.as_ref().and_then(|t| t.expect_id.clone()),
-        };
+        let tls = endpoint.tls.clone().unwrap_or_default();
         match self.kind {
             ScenarioKind::Throughput | ScenarioKind::LatencyAtRate => {
                 let rate = self.rate.map_or(Rate::Max, Rate::PerSecond);
@@ -158,7 +153,11 @@ fn figures(
 /// connections' memory and reuses it, so growth from just before a later round would be almost
 /// nothing, while the RSS holding `n` connections is the same in every round.
 async fn idle(endpoint: &Endpoint, target: &Target, n: u32) -> anyhow::Result<Figures> {
-    let files = endpoint.tls.clone().unwrap_or_default();
+    let files = endpoint
+        .tls
+        .as_ref()
+        .map(TlsArgs::files)
+        .unwrap_or_default();
     let http = Arc::new(HttpTarget::new(&endpoint.url(), HttpVersion::Http1, &files).await?);
     // Let the previous scenario's connections close before the reference reading.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -18,7 +18,7 @@ use super::model::TargetInfo;
 use super::peers::{self, PeerKind, PeerTls};
 use super::pki::{Pki, SvidFiles};
 use super::process::{Child, free_port, wait_for_port};
-use crate::tls::TlsFiles;
+use crate::cli::TlsArgs;
 
 /// How long a child may take to start listening (a debug build on a loaded machine is slow).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,7 +28,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Endpoint {
     pub addr: SocketAddr,
     /// `None`: plaintext. `Some`: TLS with the generator's SVID (mTLS), expecting the server's ID.
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<TlsArgs>,
 }
 
 impl Endpoint {
@@ -342,7 +342,7 @@ fn plain(addr: SocketAddr) -> Endpoint {
 fn mtls(addr: SocketAddr, client: &SvidFiles, server: &SvidFiles) -> Endpoint {
     Endpoint {
         addr,
-        tls: Some(TlsFiles {
+        tls: Some(TlsArgs {
             cert: Some(client.chain.clone()),
             key: Some(client.key.clone()),
             bundle: Some(client.bundle.clone()),

@@ -4,23 +4,12 @@
 
 /// `12,345` (rounded to an integer).
 pub(crate) fn int(x: f64) -> String {
+    use thousands::Separable as _;
     if !x.is_finite() {
         return "—".to_owned();
     }
-    let rounded = x.round();
-    let digits = format!("{:.0}", rounded.abs());
-    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    if rounded < 0.0 {
-        format!("-{grouped}")
-    } else {
-        grouped
-    }
+    // `+ 0.0` turns a negative zero (from rounding -0.3) into `0`, not `-0`.
+    format!("{:.0}", x.round() + 0.0).separate_with_commas()
 }
 
 /// `1,000`.
@@ -122,6 +111,7 @@ mod tests {
         assert_eq!(int(62_400.0), "62,400");
         assert_eq!(int(1_234_567.0), "1,234,567");
         assert_eq!(int(-12_345.0), "-12,345");
+        assert_eq!(int(-0.3), "0");
         assert_eq!(int(f64::NAN), "—");
         assert_eq!(rate(3.456), "3.46");
         assert_eq!(rate(45.67), "45.7");
