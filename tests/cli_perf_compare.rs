@@ -70,3 +70,31 @@ fn smoke_runs_every_scenario_against_every_target_and_writes_the_report() {
         "{md}"
     );
 }
+
+#[test]
+fn a_baseline_that_does_not_parse_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let baseline = dir.path().join("old-report.json");
+    std::fs::write(&baseline, "{}").unwrap();
+    let out = dir.path().join("report");
+    let output = Command::new(BIN)
+        .args([
+            "perf",
+            "compare",
+            "--smoke",
+            "--peers",
+            "none",
+            "--baseline",
+        ])
+        .arg(&baseline)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("old-report.json"), "{stderr}");
+    assert!(stderr.contains("not a report.json"), "{stderr}");
+    // Refused up front: nothing measured, no report directory made.
+    assert!(!out.exists());
+}

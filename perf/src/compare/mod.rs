@@ -98,6 +98,8 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<Outcome> {
         args.threshold
     );
     let peers = peer_kinds(&args.peers)?;
+    // Read before measuring: a baseline that does not parse must not cost a whole run.
+    let baseline = args.baseline.as_deref().map(baseline::load).transpose()?;
     let meshguard = match &args.meshguard {
         Some(path) => path.clone(),
         None => std::env::current_exe().context("could not find the meshguard binary to test")?,
@@ -216,8 +218,7 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<Outcome> {
         regression_threshold: None,
     };
     report.goals = goals::goals(&report);
-    if let Some(path) = &args.baseline {
-        let baseline = baseline::load(path)?;
+    if let (Some(path), Some(baseline)) = (&args.baseline, &baseline) {
         if baseline.meta.build_profile != report.meta.build_profile
             || baseline.meta.smoke != report.meta.smoke
         {
@@ -231,7 +232,7 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<Outcome> {
                 if report.meta.smoke { " (smoke)" } else { "" },
             );
         }
-        report.regressions = baseline::regressions(&baseline, &report, args.threshold);
+        report.regressions = baseline::regressions(baseline, &report, args.threshold);
         report.baseline = Some(path.display().to_string());
         report.regression_threshold = Some(args.threshold);
     }
