@@ -1,11 +1,15 @@
-//! The admin server (loopback by default): `/live`, `/ready`, `/metrics`, `/certs`, `/config`,
-//! and the operator's controls: `GET /lockout` lists blocked callers, `DELETE
-//! /lockout?principal=ID` or `?source_ip=IP` (or `POST /lockout/clear?...`) lifts a block;
-//! `GET /break-glass` lists grants, `POST /break-glass` with JSON `{"principal", "for", "reason"}`
-//! adds one.
+//! The admin server, in two surfaces. The probe listener (`[admin] listen`, TCP, loopback by
+//! default) serves only what an orchestrator and a scraper need and can change nothing: `/live`,
+//! `/ready`, `/metrics`. The control surface ([`control`]: `/certs`, `/config`, lockout and
+//! break-glass) is off unless `[admin.control]` names a Unix socket, and answers only callers whose
+//! uid the kernel vouches for, auditing every call ([`audit`]). [`client`] calls it.
 //!
 //! `/ready` answers 200 only once credentials are loaded and every listener is bound, and 503 again
 //! while the proxy drains, so an orchestrator stops sending traffic before the listeners close.
+
+pub mod audit;
+pub mod client;
+pub mod control;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,13 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::break_glass::{BreakGlassAdmin, GrantRequest, grant_json};
-use crate::lockout::{LockoutGuard, block_json};
 use crate::metrics::Metrics;
-use meshguard_policy::lockout::Caller;
-
-/// The largest admin request body read (a break-glass grant is a few hundred bytes).
-const MAX_BODY: usize = 16 * 1024;
 
 /// Whether the proxy can take traffic.
 #[derive(Debug, Default)]
@@ -67,21 +65,13 @@ impl Readiness {
 /// Produces the `/certs` document (the current SVID's summary; never a key).
 pub type CertsSummary = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-/// What the admin endpoints read.
+/// What the probe endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// Readiness flags.
     pub readiness: Arc<Readiness>,
-    /// The `/certs` document.
-    pub certs: CertsSummary,
-    /// The effective config, secrets redacted.
-    pub config: Arc<serde_json::Value>,
-    /// The lockout table, when `[lockout]` is configured.
-    pub lockout: Option<LockoutGuard>,
-    /// The break-glass grants file, when `[break_glass]` is configured.
-    pub break_glass: Option<Arc<BreakGlassAdmin>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -92,7 +82,7 @@ impl std::fmt::Debug for AdminState {
     }
 }
 
-/// Serves the admin API on `listener` until `shutdown` turns true.
+/// Serves the probe endpoints on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
     let state = Arc::new(state);
     loop {
@@ -125,11 +115,14 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
 
 async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if path == "/lockout" || path == "/lockout/clear" {
-        return lockout(state, &request);
-    }
-    if path == "/break-glass" {
-        return break_glass(state, request).await;
+    if CONTROL_PATHS.contains(&path) {
+        // Not here, ever: the network side of a pod is reachable by its neighbours.
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{path} is on the admin control socket only (`[admin.control] socket`), never on TCP\n"
+            ),
+        );
     }
     if request.method() != Method::GET {
         return text(
@@ -137,7 +130,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Full<
             "only GET is served here\n".to_owned(),
         );
     }
-    match request.uri().path() {
+    match path {
         "/live" => text(StatusCode::OK, "live\n".to_owned()),
         "/ready" => match state.readiness.check() {
             Ok(()) => text(StatusCode::OK, "ready\n".to_owned()),
@@ -153,125 +146,23 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Full<
             );
             response
         }
-        "/certs" => json(&(state.certs)()),
-        "/config" => json(&state.config),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /live, /ready, /metrics, /certs, /config, /lockout or /break-glass\n"
-                .to_owned(),
+            "not found: try /live, /ready or /metrics\n".to_owned(),
         ),
     }
 }
 
-fn lockout(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(guard) = &state.lockout else {
-        return text(
-            StatusCode::NOT_FOUND,
-            "lockout is off: add a [lockout] section to the config to turn it on\n".to_owned(),
-        );
-    };
-    let clearing = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/lockout") => false,
-        (&Method::DELETE, "/lockout") | (&Method::POST, "/lockout/clear") => true,
-        _ => {
-            return text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "use GET /lockout, DELETE /lockout?principal=ID|source_ip=IP or POST /lockout/clear?...\n"
-                    .to_owned(),
-            );
-        }
-    };
-    if !clearing {
-        let blocks: Vec<_> = guard.list().iter().map(block_json).collect();
-        return json(&serde_json::Value::Array(blocks));
-    }
-    let query = request.uri().query().unwrap_or_default();
-    let mut caller = None;
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        caller = match &*key {
-            "principal" => Some(Caller::Principal(value.as_ref().into())),
-            "source_ip" => match value.parse() {
-                Ok(ip) => Some(Caller::Address(ip)),
-                Err(_) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("source_ip `{value}` is not an IP address\n"),
-                    );
-                }
-            },
-            _ => caller,
-        };
-    }
-    let Some(caller) = caller else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "say whom to clear: ?principal=spiffe://... or ?source_ip=10.0.0.5\n".to_owned(),
-        );
-    };
-    if guard.clear(&caller) {
-        text(StatusCode::OK, format!("cleared {caller}\n"))
-    } else {
-        text(
-            StatusCode::NOT_FOUND,
-            format!("{caller} is not tracked: nothing to clear\n"),
-        )
-    }
-}
+/// Paths of the control surface, refused on the probe listener.
+const CONTROL_PATHS: &[&str] = &[
+    "/certs",
+    "/config",
+    "/lockout",
+    "/lockout/clear",
+    "/break-glass",
+];
 
-async fn break_glass(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(admin) = &state.break_glass else {
-        return text(
-            StatusCode::NOT_FOUND,
-            "break-glass is off: add `[break_glass] file = \"break-glass.toml\"` to the config\n"
-                .to_owned(),
-        );
-    };
-    let now = jiff::Timestamp::now();
-    match *request.method() {
-        Method::GET => match admin.list(now).await {
-            Ok(grants) => json(&grants),
-            Err(why) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
-        },
-        Method::POST => {
-            let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(error) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "cannot read the request body (at most {MAX_BODY} bytes): {error}\n"
-                        ),
-                    );
-                }
-            };
-            let grant: GrantRequest = match serde_json::from_slice(&body) {
-                Ok(grant) => grant,
-                Err(error) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "send JSON {{\"principal\": \"spiffe://...\", \"for\": \"15m\", \"reason\": \"...\"}}: {error}\n"
-                        ),
-                    );
-                }
-            };
-            match admin.grant(grant, now).await {
-                Ok(grant) => {
-                    let mut response = json(&grant_json(&grant, now));
-                    *response.status_mut() = StatusCode::CREATED;
-                    response
-                }
-                Err(why) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
-            }
-        }
-        _ => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "use GET /break-glass or POST /break-glass\n".to_owned(),
-        ),
-    }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -281,7 +172,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
-fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+pub(crate) fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
@@ -322,10 +213,6 @@ mod tests {
         let state = AdminState {
             metrics,
             readiness: readiness.clone(),
-            certs: Arc::new(|| serde_json::json!({"spiffe_id": "spiffe://td/x"})),
-            config: Arc::new(serde_json::json!({"admin": {"listen": "127.0.0.1:15000"}})),
-            lockout: None,
-            break_glass: None,
         };
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(serve(listener, state, stopped));
@@ -352,9 +239,13 @@ mod tests {
                 .1
                 .contains("meshguard_access_log_dropped_total 1")
         );
-        assert!(get(addr, "/certs").await.1.contains("spiffe://td/x"));
-        assert!(get(addr, "/config").await.1.contains("127.0.0.1:15000"));
         assert_eq!(get(addr, "/nope").await.0, 404);
+        // The control surface is never on the probe listener, whatever the method.
+        for path in CONTROL_PATHS {
+            let (status, body) = get(addr, path).await;
+            assert_eq!(status, 404, "{path}");
+            assert!(body.contains("control socket only"), "{body}");
+        }
 
         stop.send(true).unwrap();
         server.await.unwrap();

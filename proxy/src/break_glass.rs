@@ -1,4 +1,4 @@
-//! Break-glass through the admin API: `POST /break-glass` appends a time-boxed grant (principal,
+//! Break-glass through the admin control socket: `POST /break-glass` appends a time-boxed grant (principal,
 //! duration, mandatory reason) to the grants file every inbound policy loads, then reloads those
 //! policies so the grant applies to the next connection. Grants expire by themselves (the policy
 //! crate checks `expires` on every decision); the file keeps them as a record of each emergency.
@@ -136,49 +136,32 @@ pub fn grant_json(grant: &Grant, now: Timestamp) -> serde_json::Value {
     })
 }
 
-/// Posts a grant to a running proxy's admin API (`meshguard policy break-glass --admin URL`);
-/// returns the grant as the proxy recorded it, or the proxy's answer in words.
+/// Posts a grant to a running proxy's admin control socket (`meshguard policy break-glass
+/// --admin-socket PATH`); returns the grant as the proxy recorded it, or the proxy's answer in words.
 pub async fn post_grant(
-    admin: &str,
+    socket: &std::path::Path,
     principal: &str,
     duration: &str,
     reason: &str,
     issued_by: Option<&str>,
 ) -> Result<serde_json::Value, String> {
-    use http_body_util::{BodyExt, Full};
-    let uri: http::Uri = format!("{}/break-glass", admin.trim_end_matches('/'))
-        .parse()
-        .map_err(|e| format!("--admin `{admin}` is not a URL like http://127.0.0.1:15000: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!(
-            "--admin `{admin}` must be an http:// URL: the admin API listens on loopback without TLS"
-        ));
-    }
     let body = serde_json::json!({
         "principal": principal, "for": duration, "reason": reason, "issued_by": issued_by,
     });
-    let request = http::Request::post(uri)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let response = client.request(request).await.map_err(|e| {
-        format!("cannot reach the admin API at {admin}: {e}; is the proxy running?")
-    })?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading the admin API's answer failed: {e}"))?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    if status != http::StatusCode::CREATED {
+    let answer = crate::admin::client::call(
+        socket,
+        http::Method::POST,
+        "/break-glass",
+        Some(body.to_string()),
+    )
+    .await?;
+    if answer.status != http::StatusCode::CREATED {
         return Err(format!(
-            "the proxy refused the grant ({status}): {}",
-            text.trim()
+            "the proxy refused the grant ({}): {}",
+            answer.status,
+            answer.body.trim()
         ));
     }
-    serde_json::from_str(&text).map_err(|e| format!("the admin API answered something else: {e}"))
+    serde_json::from_str(&answer.body)
+        .map_err(|e| format!("the admin control socket answered something else: {e}"))
 }

@@ -142,13 +142,31 @@ impl TryFrom<RawIdentity> for IdentitySourceConfig {
     }
 }
 
-/// The admin server (`/live`, `/ready`, `/metrics`, `/certs`, `/config`).
+/// The admin server: probes on TCP, the control surface on a Unix socket when configured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Loopback by default: the admin API is not for the network.
+    /// The probe listener (`/live`, `/ready`, `/metrics`; nothing that changes state). Loopback by
+    /// default; a pod IP is fine for a kubelet's probes.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// The control surface (`/certs`, `/config`, lockout, break-glass); off when absent.
+    #[serde(default)]
+    pub control: Option<AdminControlConfig>,
+}
+
+/// `[admin.control]`: the operator's surface, on a Unix socket only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminControlConfig {
+    /// The socket's path (replaced at start when a stale socket is left there).
+    pub socket: PathBuf,
+    /// Uids allowed to call, checked against the socket's peer credentials. Default: the proxy's
+    /// own uid only.
+    #[serde(default)]
+    pub uids: Option<Vec<u32>>,
+    /// Every control call is appended here (JSON lines, fsync'd) before it takes effect.
+    pub audit_log: PathBuf,
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -159,6 +177,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            control: None,
         }
     }
 }
@@ -553,6 +572,10 @@ impl Config {
             IdentitySourceConfig::WorkloadApi(_) => {}
         }
         resolve(&mut self.access_log.path);
+        if let Some(control) = &mut self.admin.control {
+            resolve(&mut control.socket);
+            resolve(&mut control.audit_log);
+        }
         if let Some(decision_log) = &mut self.decision_log {
             resolve(&mut decision_log.path);
         }

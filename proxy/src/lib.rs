@@ -6,7 +6,8 @@
 //! - [`copy`]: the bidirectional copy loop (half-close, reused buffers, idle timeout).
 //! - [`access_log`]: one JSON line per connection, written off the data path.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`admin`]: `/live`, `/ready`, `/metrics`, `/certs`, `/config` on loopback.
+//! - [`admin`]: probes (`/live`, `/ready`, `/metrics`) on TCP; the control surface (`/certs`,
+//!   `/config`, lockout, break-glass) on a Unix socket, uid-checked and audited.
 //! - [`original_dst`]: the original destination of a redirected connection.
 //! - [`iptables`]: the REDIRECT rules for transparent capture.
 //! - [`server`]: wiring a [`config::Config`] into listeners, admin and access log; drain on stop.

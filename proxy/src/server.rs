@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLog, Direction};
+use crate::admin::audit::ControlAudit;
+use crate::admin::control::ControlState;
 use crate::admin::{self, AdminState, Readiness};
 use crate::authz::Authorizer;
 use crate::config::{Config, DecisionLogConfig, ExpectedId, IdentitySourceConfig};
@@ -66,6 +68,17 @@ pub enum ProxyError {
     /// The TLS profile could not be built.
     #[error("TLS setup: {0}")]
     Tls(#[from] IdentityError),
+    /// The admin control socket or its audit log could not be set up.
+    #[error("admin control {what} {path}: {source}")]
+    AdminControl {
+        /// `socket` or `audit log`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A gateway's legacy-side TLS (`forward_tls`, `listen_tls`) could not be set up.
     #[error("{0}")]
     LegacyTls(#[from] crate::legacy_tls::LegacyTlsError),
@@ -135,6 +148,7 @@ pub async fn start(
     .await
     .map_err(ProxyError::AccessLog)?;
     let (stop, stopped) = watch::channel(false);
+    let stopped_admin = stopped.clone();
     let readiness = Arc::new(Readiness::default());
 
     let admin_listener = bind(config.admin.listen, "admin").await?;
@@ -155,14 +169,31 @@ pub async fn start(
     // up and `/ready` says what it is waiting for, which is what an orchestrator needs to see.
     let loaded: Arc<OnceLock<RotatingCredentials>> = Arc::default();
     let admin_state = AdminState {
-        lockout: lockout.clone(),
-        break_glass: break_glass.clone(),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
-        certs: certs_summary(loaded.clone()),
-        config: Arc::new(config.to_redacted_json()),
     };
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped.clone()));
+    let control = match &config.admin.control {
+        Some(settings) => Some(start_control(
+            settings,
+            ControlState {
+                uids: Vec::new(),
+                audit: open_control_audit(settings)?,
+                certs: certs_summary(loaded.clone()),
+                config: Arc::new(config.to_redacted_json()),
+                lockout: lockout.clone(),
+                break_glass: break_glass.clone(),
+            },
+            stopped.clone(),
+        )?),
+        None => None,
+    };
+    let admin_task = tokio::spawn(async move {
+        admin::serve(admin_listener, admin_state, stopped_admin).await;
+        if let Some((task, socket)) = control {
+            let _ = task.await;
+            let _ = std::fs::remove_file(socket);
+        }
+    });
     let (credentials, identity) = match credentials {
         CredentialsInput::Given(credentials) => (credentials, None),
         CredentialsInput::FromConfig => match start_identity(&config.identity).await {
@@ -507,6 +538,37 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ProxyError> {
             what: what.to_owned(),
             source,
         })
+}
+
+fn open_control_audit(
+    settings: &crate::config::AdminControlConfig,
+) -> Result<ControlAudit, ProxyError> {
+    ControlAudit::open(&settings.audit_log).map_err(|source| ProxyError::AdminControl {
+        what: "audit log",
+        path: settings.audit_log.clone(),
+        source,
+    })
+}
+
+/// Binds the control socket and serves it; the task ends on shutdown and the socket path is
+/// returned so the caller removes it after.
+fn start_control(
+    settings: &crate::config::AdminControlConfig,
+    mut state: ControlState,
+    stopped: watch::Receiver<bool>,
+) -> Result<(tokio::task::JoinHandle<()>, PathBuf), ProxyError> {
+    let socket_error = |source| ProxyError::AdminControl {
+        what: "socket",
+        path: settings.socket.clone(),
+        source,
+    };
+    let own = admin::control::own_uid().map_err(socket_error)?;
+    state.uids = settings.uids.clone().unwrap_or_else(|| vec![own]);
+    let listener =
+        admin::control::bind(&settings.socket, &state.uids, own).map_err(socket_error)?;
+    tracing::info!(socket = %settings.socket.display(), uids = ?state.uids, audit_log = %settings.audit_log.display(), "admin control socket");
+    let task = tokio::spawn(admin::control::serve(listener, state, stopped));
+    Ok((task, settings.socket.clone()))
 }
 
 fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {

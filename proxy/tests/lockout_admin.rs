@@ -14,12 +14,28 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// One admin request over HTTP/1.1; returns the status and body.
-async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+/// The control surface, on a socket in the workload's directory.
+const CONTROL: &str = "[admin.control]\nsocket = \"admin.sock\"\naudit_log = \"admin-audit.log\"\n";
+
+/// One control call over the workload's admin socket; returns the status and body.
+async fn admin(server: &Workload, method: &str, path: &str, body: &str) -> (u16, String) {
+    let body = (!body.is_empty()).then(|| body.to_owned());
+    let answer = meshguard_proxy::admin::client::call(
+        &server.path("admin.sock"),
+        method.parse().unwrap(),
+        path,
+        body,
+    )
+    .await
+    .unwrap();
+    (answer.status.as_u16(), answer.body)
+}
+
+/// One request to the TCP probe listener; returns the status and body.
+async fn probe(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
@@ -37,7 +53,7 @@ async fn repeated_failed_handshakes_lock_the_source_out_until_the_operator_clear
     let policy = server.write("policy/policy.toml", &allow_only(&id(PAYMENTS)));
     let proxy = server
         .start(&format!(
-            "{}[lockout]\nthreshold = 3\nwindow = \"1m\"\nblock = \"5m\"\n",
+            "{}[lockout]\nthreshold = 3\nwindow = \"1m\"\nblock = \"5m\"\n{CONTROL}",
             inbound(echo, &policy)
         ))
         .await;
@@ -81,7 +97,7 @@ async fn repeated_failed_handshakes_lock_the_source_out_until_the_operator_clear
         "{metrics}"
     );
 
-    let (status, body) = admin(proxy.admin_addr, "GET", "/lockout", "").await;
+    let (status, body) = admin(&server, "GET", "/lockout", "").await;
     assert_eq!(status, 200, "{body}");
     let blocks: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(blocks[0]["source_ip"], "127.0.0.1", "{blocks}");
@@ -89,30 +105,37 @@ async fn repeated_failed_handshakes_lock_the_source_out_until_the_operator_clear
 
     // Bad requests say what to send.
     assert_eq!(
-        admin(proxy.admin_addr, "DELETE", "/lockout", "").await.0,
+        admin(&server, "DELETE", "/lockout?reason=x", "").await.0,
         400
     );
     assert_eq!(
-        admin(proxy.admin_addr, "DELETE", "/lockout?source_ip=nope", "")
+        admin(&server, "DELETE", "/lockout?source_ip=nope&reason=x", "")
             .await
             .0,
         400
     );
+    // The probe listener changes nothing: a neighbour reaching it cannot lift a block.
+    for (method, path) in [
+        ("DELETE", "/lockout?source_ip=127.0.0.1&reason=x"),
+        ("POST", "/lockout/clear?source_ip=127.0.0.1&reason=x"),
+        ("GET", "/lockout"),
+    ] {
+        let (status, body) = probe(proxy.admin_addr, method, path).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
+    // A clear must say why.
+    let (status, body) = admin(&server, "DELETE", "/lockout?source_ip=127.0.0.1", "").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("reason"), "{body}");
     let (status, body) = admin(
-        proxy.admin_addr,
+        &server,
         "DELETE",
-        "/lockout?source_ip=127.0.0.1",
+        "/lockout?source_ip=127.0.0.1&reason=INC-9%20false%20positive",
         "",
     )
     .await;
     assert_eq!((status, body.as_str()), (200, "cleared 127.0.0.1\n"));
-    assert_eq!(
-        admin(proxy.admin_addr, "GET", "/lockout", "")
-            .await
-            .1
-            .trim(),
-        "[]"
-    );
+    assert_eq!(admin(&server, "GET", "/lockout", "").await.1.trim(), "[]");
     assert!(
         proxy
             .metrics
@@ -127,6 +150,18 @@ async fn repeated_failed_handshakes_lock_the_source_out_until_the_operator_clear
         b"again",
         "cleared: the caller gets through"
     );
+    // Who cleared it, and why, is on record.
+    let audit = std::fs::read_to_string(server.path("admin-audit.log")).unwrap();
+    let cleared: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &serde_json::Value| {
+            l["method"] == "DELETE" && l["outcome"] == "answered" && l["status"] == 200
+        })
+        .collect();
+    assert_eq!(cleared.len(), 1, "{audit}");
+    assert_eq!(cleared[0]["reason"], "INC-9 false positive");
+    assert!(cleared[0]["operator"]["uid"].is_u64(), "{audit}");
     proxy.shutdown().await;
 }
 
@@ -141,7 +176,7 @@ async fn repeated_denials_block_the_principal_and_post_clear_lifts_it() {
     );
     let proxy = server
         .start(&format!(
-            "{}[lockout]\nthreshold = 2\n",
+            "{}[lockout]\nthreshold = 2\n{CONTROL}",
             inbound(echo, &policy)
         ))
         .await;
@@ -153,7 +188,7 @@ async fn repeated_denials_block_the_principal_and_post_clear_lifts_it() {
             .unwrap_or_default();
         assert!(back.is_empty());
     }
-    let (_, body) = admin(proxy.admin_addr, "GET", "/lockout", "").await;
+    let (_, body) = admin(&server, "GET", "/lockout", "").await;
     let blocks: serde_json::Value = serde_json::from_str(&body).unwrap();
     let principals: Vec<_> = blocks
         .as_array()
@@ -163,11 +198,11 @@ async fn repeated_denials_block_the_principal_and_post_clear_lifts_it() {
         .collect();
     assert_eq!(principals, [id(PAYMENTS).as_str()], "{blocks}");
     let clear = format!(
-        "/lockout/clear?principal={}",
+        "/lockout/clear?principal={}&reason=INC-10",
         id(PAYMENTS).replace(':', "%3A")
     );
-    assert_eq!(admin(proxy.admin_addr, "POST", &clear, "").await.0, 200);
-    let (_, body) = admin(proxy.admin_addr, "GET", "/lockout", "").await;
+    assert_eq!(admin(&server, "POST", &clear, "").await.0, 200);
+    let (_, body) = admin(&server, "GET", "/lockout", "").await;
     assert!(!body.contains("spiffe://"), "{body}");
     proxy.shutdown().await;
 }
@@ -178,7 +213,9 @@ async fn lockout_and_break_glass_are_off_unless_configured() {
     let echo = echo_server().await;
     let server = Workload::new(&ca, LEDGER);
     let policy = server.write("policy/policy.toml", &allow_only(&id(PAYMENTS)));
-    let proxy = server.start(&inbound(echo, &policy)).await;
+    let proxy = server
+        .start(&format!("{}{CONTROL}", inbound(echo, &policy)))
+        .await;
     for _ in 0..12 {
         let _ = tls_client_round_trip(proxy.inbound_addrs[0], &ca, None, b"x").await;
     }
@@ -188,13 +225,10 @@ async fn lockout_and_break_glass_are_off_unless_configured() {
             .await
             .is_ok()
     );
-    let (status, body) = admin(proxy.admin_addr, "GET", "/lockout", "").await;
+    let (status, body) = admin(&server, "GET", "/lockout", "").await;
     assert_eq!(status, 404);
     assert!(body.contains("[lockout]"), "{body}");
-    assert_eq!(
-        admin(proxy.admin_addr, "GET", "/break-glass", "").await.0,
-        404
-    );
+    assert_eq!(admin(&server, "GET", "/break-glass", "").await.0, 404);
     proxy.shutdown().await;
 }
 
@@ -209,7 +243,7 @@ async fn a_break_glass_grant_posted_to_the_admin_api_applies_at_once_and_is_mark
     );
     let proxy = server
         .start(&format!(
-            "{}[break_glass]\nfile = \"policy/break-glass.toml\"\n",
+            "{}[break_glass]\nfile = \"policy/break-glass.toml\"\n{CONTROL}",
             inbound(echo, &policy)
         ))
         .await;
@@ -237,14 +271,14 @@ async fn a_break_glass_grant_posted_to_the_admin_api_applies_at_once_and_is_mark
         ),
         r#"{"principal": "x"}"#.to_owned(),
     ] {
-        let (status, body) = admin(proxy.admin_addr, "POST", "/break-glass", &bad).await;
+        let (status, body) = admin(&server, "POST", "/break-glass", &bad).await;
         assert_eq!(status, 400, "{bad} -> {body}");
     }
     let grant = format!(
         r#"{{"principal": "{}", "for": "15m", "reason": "INC-4711 ledger migration", "issued_by": "on-call"}}"#,
         id(PAYMENTS)
     );
-    let (status, body) = admin(proxy.admin_addr, "POST", "/break-glass", &grant).await;
+    let (status, body) = admin(&server, "POST", "/break-glass", &grant).await;
     assert_eq!(status, 201, "{body}");
     let granted: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(granted["active"], true);
@@ -268,8 +302,8 @@ async fn a_break_glass_grant_posted_to_the_admin_api_applies_at_once_and_is_mark
         "{line}"
     );
 
-    // The client `meshguard policy break-glass --admin URL` uses.
-    let admin_url = format!("http://{}", proxy.admin_addr);
+    // The client `meshguard policy break-glass --admin-socket PATH` uses.
+    let admin_url = server.path("admin.sock");
     let reporting = id("/ns/reporting/sa/reporting");
     let posted =
         meshguard_proxy::break_glass::post_grant(&admin_url, &reporting, "1h", "INC-4712", None)
@@ -278,13 +312,20 @@ async fn a_break_glass_grant_posted_to_the_admin_api_applies_at_once_and_is_mark
     assert_eq!(posted["principal"], reporting.as_str());
     let refused =
         meshguard_proxy::break_glass::post_grant(&admin_url, &reporting, "1h", "", None).await;
-    assert!(refused.unwrap_err().contains("reason is mandatory"));
+    let refused = refused.unwrap_err();
+    assert!(refused.contains("needs a reason"), "{refused}");
 
-    let (status, body) = admin(proxy.admin_addr, "GET", "/break-glass", "").await;
+    let (status, body) = admin(&server, "GET", "/break-glass", "").await;
     assert_eq!(status, 200);
     let grants: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(grants[0]["principal"], id(PAYMENTS));
-    assert_eq!(grants[0]["issued_by"], "on-call");
+    assert!(
+        grants[0]["issued_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("on-call via uid "),
+        "{grants}"
+    );
     assert_eq!(grants[1]["principal"], reporting.as_str());
     assert!(
         std::fs::read_to_string(server.path("policy/break-glass.toml"))

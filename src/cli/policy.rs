@@ -74,7 +74,7 @@ enum Command {
     /// The grant turns denies for that one principal into allows until it expires, and every
     /// decision it grants carries the reason. A proxy loads the grants file with its policies
     /// (`--break-glass` here) and picks up the new grant on its next reload. Granting through a
-    /// running proxy: `--admin http://127.0.0.1:15000` (the proxy applies it at once).
+    /// running proxy: `--admin-socket /run/meshguard/admin.sock` (the proxy applies it at once).
     BreakGlass(BreakGlassArgs),
 }
 
@@ -112,14 +112,15 @@ struct BreakGlassArgs {
     #[arg(
         long,
         value_name = "GRANTS.toml",
-        required_unless_present = "admin",
-        conflicts_with = "admin"
+        required_unless_present = "admin_socket",
+        conflicts_with = "admin_socket"
     )]
     file: Option<PathBuf>,
-    /// A running proxy's admin API (e.g. http://127.0.0.1:15000): the proxy writes its
-    /// `[break_glass]` file and applies the grant at once.
-    #[arg(long, value_name = "URL")]
-    admin: Option<String>,
+    /// A running proxy's admin control socket (its `[admin.control] socket`): the proxy checks
+    /// this user's uid, records the call in its admin audit log, writes its `[break_glass]` file
+    /// and applies the grant at once.
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
     /// Who asked for the grant (recorded in the file).
     #[arg(long)]
     issued_by: Option<String>,
@@ -432,17 +433,18 @@ fn break_glass(args: &BreakGlassArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--admin URL`: ask the running proxy to add the grant.
+/// `--admin-socket PATH`: ask the running proxy to add the grant.
 fn break_glass_via_admin(args: &BreakGlassArgs) -> anyhow::Result<ExitCode> {
-    let Some(admin) = &args.admin else {
-        anyhow::bail!("give --file GRANTS.toml or --admin URL");
+    let Some(socket) = &args.admin_socket else {
+        anyhow::bail!("give --file GRANTS.toml or --admin-socket PATH");
     };
+    let admin = socket.display();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let posted = runtime.block_on(meshguard_proxy::break_glass::post_grant(
-        admin,
+        socket,
         &args.principal,
         &args.duration,
         &args.reason,

@@ -11,7 +11,6 @@ use serde_json::json;
 use crate::apps::{self, App};
 use crate::ca::{self, RootKey};
 use crate::checks;
-use crate::client;
 use crate::process::Meshguard;
 use crate::script::{self, Expect, Mesh, Request};
 use crate::topology::{self, Sidecar, id_of};
@@ -118,9 +117,7 @@ async fn demo(options: &Options) -> anyhow::Result<Verdict> {
         l7,
         decision_logs: probe(&topology::decision_log_section(&dir.join("probe.log")))?,
         lockout: probe(topology::LOCKOUT_SECTION)?,
-        break_glass: probe(&topology::break_glass_section(
-            &dir.join("probe-grants.toml"),
-        ))?,
+        break_glass: probe(&topology::break_glass_section(&dir, "probe"))?,
     };
 
     // === Apps and sidecars ===
@@ -194,7 +191,7 @@ async fn demo(options: &Options) -> anyhow::Result<Verdict> {
     checks::curl_at_ledger(ledger, "curl", None, &mut t).await;
     checks::curl_at_ledger(ledger, "marketing", Some(&marketing), &mut t).await;
     if features.break_glass {
-        break_glass_live(&mesh, l7, &mut t).await;
+        break_glass_live(&mg, &mesh, l7, &mut t).await;
     } else {
         t.missing("break-glass in the running sidecars (no `[break_glass]` setting in this proxy build); shown on the policy engine below");
     }
@@ -280,8 +277,9 @@ async fn demo(options: &Options) -> anyhow::Result<Verdict> {
 }
 
 /// Break-glass on a running sidecar: denied, an operator grants a 15-minute exception with its
-/// reason through the sidecar's admin API, allowed with the reason in the log.
-async fn break_glass_live(mesh: &Mesh<'_>, l7: bool, t: &mut Transcript) {
+/// reason through the sidecar's admin control socket (`meshguard policy break-glass
+/// --admin-socket`), allowed with the reason in the log; the socket's audit log names the operator.
+async fn break_glass_live(mg: &Meshguard, mesh: &Mesh<'_>, l7: bool, t: &mut Transcript) {
     // Per request, reporting may not post ledger entries; per connection, it may not reach keys.
     let (target, method, path) = if l7 {
         ("ledger", "POST", "/ledger/entries")
@@ -305,14 +303,47 @@ async fn break_glass_live(mesh: &Mesh<'_>, l7: bool, t: &mut Transcript) {
     )
     .await;
     let reason = "INC-4711: correcting entry approved by the duty manager";
-    let grant = json!({"principal": id_of("reporting"), "for": "15m", "reason": reason, "issued_by": "demo operator"});
-    let admin = mesh.sidecars[target].admin;
-    let reply = client::post_json(admin, "/break-glass", grant.to_string()).await;
-    t.note(&format!("POST http://{admin}/break-glass {grant}"));
-    t.detail(&reply.describe());
-    if !reply.status().is_some_and(|s| (200..300).contains(&s)) {
-        t.fail("the sidecar's admin API refused the break-glass grant");
+    let sidecar = mesh.sidecars[target];
+    let socket = ca::path(&sidecar.admin_socket);
+    let args = [
+        "policy",
+        "break-glass",
+        "--admin-socket",
+        &socket,
+        "--principal",
+        id_of("reporting"),
+        "--for",
+        "15m",
+        "--reason",
+        reason,
+        "--issued-by",
+        "demo operator",
+    ];
+    t.note(&format!("meshguard {}", args.join(" ")));
+    let output = match mg.output(&args) {
+        Ok(output) => output,
+        Err(error) => {
+            t.fail(&format!(
+                "cannot run meshguard policy break-glass: {error:#}"
+            ));
+            return;
+        }
+    };
+    t.detail(String::from_utf8_lossy(&output.stdout).trim());
+    if !output.status.success() {
+        t.detail(String::from_utf8_lossy(&output.stderr).trim());
+        t.fail("the sidecar's admin control socket refused the break-glass grant");
         return;
+    }
+    // Who granted it, as the kernel saw them (SO_PEERCRED), and why: on record before it applied.
+    let audit = std::fs::read_to_string(&sidecar.admin_audit_log).unwrap_or_default();
+    match audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["path"] == "/break-glass" && l["outcome"] == "requested")
+    {
+        Some(line) => t.detail(&format!("admin audit: {line}")),
+        None => t.fail("the admin audit log has no record of the break-glass call"),
     }
     script::run(
         mesh,

@@ -96,13 +96,29 @@ pub struct Features {
     pub decision_logs: bool,
     /// `[lockout]`.
     pub lockout: bool,
-    /// `[break_glass]` (grants file + admin API).
+    /// `[break_glass]` (grants file) with the `[admin.control]` socket that adds grants.
     pub break_glass: bool,
 }
 
-/// The `[break_glass]` section: the grants file the admin API appends to.
-pub fn break_glass_section(file: &Path) -> String {
-    format!("[break_glass]\nfile = \"{}\"\n", file.display())
+/// The `[break_glass]` section (the grants file) and the `[admin.control]` socket through which an
+/// operator adds grants, auditing each call, for the workload `name` in `dir`.
+pub fn break_glass_section(dir: &Path, name: &str) -> String {
+    format!(
+        "[break_glass]\nfile = \"{}\"\n[admin.control]\nsocket = \"{}\"\naudit_log = \"{}\"\n",
+        dir.join(format!("{name}.grants.toml")).display(),
+        admin_socket(dir, name).display(),
+        admin_audit_log(dir, name).display(),
+    )
+}
+
+/// The sidecar's admin control socket.
+pub fn admin_socket(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.admin.sock"))
+}
+
+/// The sidecar's admin audit log: who called the control socket, what and why.
+pub fn admin_audit_log(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.admin-audit.log"))
 }
 
 /// The gateway fronts a legacy TCP host: its inbound (and the mesh's outbounds to it) always decide
@@ -130,8 +146,12 @@ pub const LOCKOUT_SECTION: &str =
 pub struct Sidecar {
     /// The workload.
     pub workload: Workload,
-    /// The admin server.
+    /// The admin probe listener (`/live`, `/ready`, `/metrics`).
     pub admin: SocketAddr,
+    /// The admin control socket, when break-glass is on.
+    pub admin_socket: PathBuf,
+    /// Where the control socket records each call.
+    pub admin_audit_log: PathBuf,
     /// The inbound mTLS listener.
     pub inbound: SocketAddr,
     /// Outbound listeners by peer name.
@@ -217,9 +237,7 @@ pub fn start(
             .map(decision_log_section)
             .unwrap_or_default();
         if features.break_glass {
-            extra.push_str(&break_glass_section(
-                &dir.join(format!("{}.grants.toml", w.name)),
-            ));
+            extra.push_str(&break_glass_section(dir, w.name));
         }
         if features.lockout && w.name == LOCKOUT_ON {
             extra.push_str(LOCKOUT_SECTION);
@@ -260,6 +278,8 @@ pub fn start(
         sidecars.push(Sidecar {
             workload: *w,
             admin,
+            admin_socket: admin_socket(dir, w.name),
+            admin_audit_log: admin_audit_log(dir, w.name),
             inbound: inbound[w.name],
             outbound,
             access_log,
