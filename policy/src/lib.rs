@@ -41,7 +41,7 @@ pub use break_glass::{BreakGlass, Grant};
 pub use decision::{Decision, DefaultMode, DryRun, Outcome, Reasons};
 pub use decision_log::{DecisionLog, DecisionRecord};
 pub use error::{Location, PolicyError};
-pub use lockout::{Lockout, LockoutConfig};
+pub use lockout::{Lockout, LockoutConfig, LockoutLimits};
 pub use pattern::Pattern;
 pub use policy::{Miss, Policy};
 pub use request::{Headers, Request, RequestDoc};

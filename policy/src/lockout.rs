@@ -1,8 +1,12 @@
-//! Continuous verification: a caller (SPIFFE ID or source address) that collects `threshold`
-//! denials or failed handshakes within `window` is blocked for `block`; tripping again while
-//! blocked (or soon after) doubles the block, up to `max_block`. Blocks expire by themselves, can be
-//! listed and cleared by the operator, and every change comes back as a [`LockoutEvent`] for the
-//! log. Pure logic: the caller passes `now`.
+//! Continuous verification: a caller that collects `threshold` failures within `window` is
+//! blocked for `block`; tripping again while blocked (or soon after) doubles the block, up to
+//! `max_block`. Blocks expire by themselves, can be listed and cleared by the operator, and every
+//! change comes back as a [`LockoutEvent`] for the log. Pure logic: the caller passes `now`.
+//!
+//! Who a failure counts against is decided by what is known about the caller, and the type says
+//! it: a denial of an authenticated peer counts against its SPIFFE ID only (never its address: many
+//! innocent callers share one behind NAT or a gateway); a failed handshake, where nothing was
+//! verified, counts against the source address, under its own, separately tuned limits.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -55,11 +59,23 @@ impl fmt::Display for Caller {
     }
 }
 
-/// What failed.
+/// What failed, and so who it counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    Denied,
-    HandshakeFailed,
+pub enum Failure<'a> {
+    /// Policy denied an authenticated peer: counts against its SPIFFE ID, never its address.
+    Denied { principal: &'a str },
+    /// A handshake failed (or a peer had no verified identity): counts against the source address,
+    /// under the address limits.
+    Unauthenticated { address: IpAddr },
+}
+
+/// The limits for each kind of caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LockoutLimits {
+    /// Authenticated callers, by SPIFFE ID.
+    pub principals: LockoutConfig,
+    /// Unauthenticated failures, by source address; `None` never blocks an address.
+    pub addresses: Option<LockoutConfig>,
 }
 
 /// A change in block state, for the log.
@@ -142,7 +158,7 @@ struct Entry {
 /// The lockout state; share it behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Lockout {
-    config: LockoutConfig,
+    limits: LockoutLimits,
     callers: Mutex<State>,
     blocks_total: AtomicU64,
     extensions_total: AtomicU64,
@@ -150,72 +166,86 @@ pub struct Lockout {
 }
 
 impl Lockout {
-    pub fn new(config: LockoutConfig) -> Self {
+    pub fn new(limits: LockoutLimits) -> Self {
         Self {
-            config,
+            limits,
             ..Self::default()
         }
     }
 
-    pub fn config(&self) -> &LockoutConfig {
-        &self.config
+    pub fn limits(&self) -> &LockoutLimits {
+        &self.limits
     }
 
-    /// Records a failure for the principal and/or the address and returns any block it caused.
-    pub fn record(
-        &self,
-        principal: Option<&str>,
-        address: Option<IpAddr>,
-        _failure: Failure,
-        now: Timestamp,
-    ) -> Vec<LockoutEvent> {
+    /// Records a failure against the one caller it names and returns any block it caused.
+    pub fn record(&self, failure: Failure<'_>, now: Timestamp) -> Vec<LockoutEvent> {
         let mut events = Vec::new();
         let Ok(mut callers) = self.callers.lock() else {
             return events;
         };
-        if callers.len() >= self.config.max_tracked {
-            self.sweep(&mut callers, now, &mut events);
-        }
-        let full = callers.len() >= self.config.max_tracked;
-        if let Some(p) = principal {
-            if let Some(entry) = callers.principals.get_mut(p) {
-                events.extend(self.count(Caller::Principal(p.into()), entry, now));
-            } else if !full {
-                let entry = callers.principals.entry(p.into()).or_default();
-                events.extend(self.count(Caller::Principal(p.into()), entry, now));
+        let State {
+            principals,
+            addresses,
+        } = &mut *callers;
+        let counted = match failure {
+            Failure::Denied { principal } => {
+                let config = &self.limits.principals;
+                if principals.len() >= config.max_tracked {
+                    self.sweep_kind(
+                        principals,
+                        config,
+                        |p| Caller::Principal(p.clone()),
+                        now,
+                        &mut events,
+                    );
+                }
+                tracked(
+                    principals,
+                    principal,
+                    || principal.into(),
+                    config.max_tracked,
+                )
+                .map(|entry| self.count(Caller::Principal(principal.into()), entry, config, now))
             }
-        }
-        if let Some(a) = address {
-            if let Some(entry) = callers.addresses.get_mut(&a) {
-                events.extend(self.count(Caller::Address(a), entry, now));
-            } else if !full {
-                let entry = callers.addresses.entry(a).or_default();
-                events.extend(self.count(Caller::Address(a), entry, now));
+            Failure::Unauthenticated { address } => {
+                let Some(config) = &self.limits.addresses else {
+                    return events;
+                };
+                if addresses.len() >= config.max_tracked {
+                    self.sweep_kind(addresses, config, |a| Caller::Address(*a), now, &mut events);
+                }
+                tracked(addresses, &address, || address, config.max_tracked)
+                    .map(|entry| self.count(Caller::Address(address), entry, config, now))
             }
-        }
-        if full {
-            tracing::warn!("lockout table full; failures of new callers are not tracked");
+        };
+        match counted {
+            Some(event) => events.extend(event),
+            None => tracing::warn!("lockout table full; failures of new callers are not tracked"),
         }
         events
     }
 
-    fn count(&self, caller: Caller, entry: &mut Entry, now: Timestamp) -> Option<LockoutEvent> {
-        let window_start = now
-            .checked_sub(self.config.window)
-            .unwrap_or(Timestamp::MIN);
+    fn count(
+        &self,
+        caller: Caller,
+        entry: &mut Entry,
+        config: &LockoutConfig,
+        now: Timestamp,
+    ) -> Option<LockoutEvent> {
+        let window_start = now.checked_sub(config.window).unwrap_or(Timestamp::MIN);
         entry.failures.push_back(now);
         while entry.failures.front().is_some_and(|t| *t <= window_start) {
             entry.failures.pop_front();
         }
         entry.last_seen = Some(now);
-        if entry.failures.len() < self.config.threshold as usize {
+        if entry.failures.len() < config.threshold as usize {
             return None;
         }
         entry.failures.clear();
         entry.strikes += 1;
         let blocked = entry.until.is_some_and(|u| u > now);
         let until = now
-            .checked_add(self.duration(entry.strikes))
+            .checked_add(duration(config, entry.strikes))
             .unwrap_or(Timestamp::MAX);
         entry.until = Some(entry.until.map_or(until, |u| u.max(until)));
         let until = entry.until.unwrap_or(until);
@@ -237,18 +267,6 @@ impl Lockout {
                 strikes: entry.strikes,
             })
         }
-    }
-
-    /// `block * 2^(strikes-1)`, at most `max_block`.
-    fn duration(&self, strikes: u32) -> SignedDuration {
-        let factor = 1i32
-            .checked_shl(strikes.saturating_sub(1).min(30))
-            .unwrap_or(i32::MAX);
-        self.config
-            .block
-            .checked_mul(factor)
-            .unwrap_or(self.config.max_block)
-            .min(self.config.max_block)
     }
 
     /// The block in force for the principal or the address, if any (counted as a refusal).
@@ -327,25 +345,46 @@ impl Lockout {
     }
 
     fn sweep(&self, callers: &mut State, now: Timestamp, events: &mut Vec<LockoutEvent>) {
+        let principals = &self.limits.principals;
+        self.sweep_kind(
+            &mut callers.principals,
+            principals,
+            |p| Caller::Principal(p.clone()),
+            now,
+            events,
+        );
+        if let Some(addresses) = &self.limits.addresses {
+            self.sweep_kind(
+                &mut callers.addresses,
+                addresses,
+                |a| Caller::Address(*a),
+                now,
+                events,
+            );
+        }
+    }
+
+    fn sweep_kind<K: Clone + Eq + std::hash::Hash>(
+        &self,
+        entries: &mut HashMap<K, Entry>,
+        config: &LockoutConfig,
+        caller: impl Fn(&K) -> Caller,
+        now: Timestamp,
+        events: &mut Vec<LockoutEvent>,
+    ) {
         // Strikes are remembered for `max_block` after the last failure, so a caller that comes
         // back soon after a block gets a longer one.
-        let forget_before = now
-            .checked_sub(self.config.max_block)
-            .unwrap_or(Timestamp::MIN);
-        let mut keep = |caller: Caller, entry: &mut Entry| {
+        let forget_before = now.checked_sub(config.max_block).unwrap_or(Timestamp::MIN);
+        entries.retain(|key, entry| {
             if entry.until.is_some_and(|u| u <= now) {
                 entry.until = None;
                 entry.since = None;
-                events.push(LockoutEvent::Expired { caller });
+                events.push(LockoutEvent::Expired {
+                    caller: caller(key),
+                });
             }
             entry.until.is_some() || entry.last_seen.is_some_and(|t| t > forget_before)
-        };
-        callers
-            .principals
-            .retain(|p, e| keep(Caller::Principal(p.clone()), e));
-        callers
-            .addresses
-            .retain(|a, e| keep(Caller::Address(*a), e));
+        });
     }
 
     pub fn stats(&self, now: Timestamp) -> LockoutStats {
@@ -356,6 +395,39 @@ impl Lockout {
             active_blocks: self.list(now).len() as u64,
         }
     }
+}
+
+/// The caller's entry, created unless the table already holds `max` callers (then `None`: a flood
+/// of distinct callers cannot exhaust memory).
+fn tracked<'m, K, Q>(
+    entries: &'m mut HashMap<K, Entry>,
+    key: &Q,
+    owned: impl FnOnce() -> K,
+    max: usize,
+) -> Option<&'m mut Entry>
+where
+    K: std::borrow::Borrow<Q> + Eq + std::hash::Hash,
+    Q: Eq + std::hash::Hash + ?Sized,
+{
+    if !entries.contains_key(key) {
+        if entries.len() >= max {
+            return None;
+        }
+        entries.insert(owned(), Entry::default());
+    }
+    entries.get_mut(key)
+}
+
+/// `block * 2^(strikes-1)`, at most `max_block`.
+fn duration(config: &LockoutConfig, strikes: u32) -> SignedDuration {
+    let factor = 1i32
+        .checked_shl(strikes.saturating_sub(1).min(30))
+        .unwrap_or(i32::MAX);
+    config
+        .block
+        .checked_mul(factor)
+        .unwrap_or(config.max_block)
+        .min(config.max_block)
 }
 
 fn block_of(caller: &Caller, entry: &Entry, now: Timestamp) -> Option<Block> {

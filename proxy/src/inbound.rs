@@ -138,7 +138,12 @@ impl Inbound {
                 "connection denied by policy"
             );
             if let Some(guard) = &self.shared.lockout {
-                guard.record(peer_id.as_deref(), Some(peer.ip()), Failure::Denied);
+                // The peer is authenticated: blame its identity, never the address it shares
+                // with everyone else behind the same NAT or gateway.
+                guard.record(match peer_id.as_deref() {
+                    Some(principal) => Failure::Denied { principal },
+                    None => Failure::Unauthenticated { address: peer.ip() },
+                });
             }
             let _ = tls.shutdown().await;
             return conn;
@@ -209,7 +214,7 @@ impl Inbound {
         failure: &tls_error::HandshakeFailure,
     ) -> Connection {
         if let Some(guard) = &self.shared.lockout {
-            guard.record(None, Some(peer.ip()), Failure::HandshakeFailed);
+            guard.record(Failure::Unauthenticated { address: peer.ip() });
         }
         refused(conn, failure)
     }

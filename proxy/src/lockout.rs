@@ -1,7 +1,10 @@
 //! Continuous verification in the proxy: the `[lockout]` config, and the glue between the inbound
-//! listeners and the policy crate's [`Lockout`] table. Inbound listeners record policy denials and
-//! failed handshakes per SPIFFE ID and source address; a caller that trips the threshold is refused
-//! (before the handshake by address, right after it by SPIFFE ID) until its block ends. Blocks are
+//! listeners and the policy crate's [`Lockout`] table. Inbound listeners record policy denials of
+//! an authenticated peer against its SPIFFE ID only, and failed handshakes against the source
+//! address under the separate `[lockout.unauthenticated]` limits (an address is shared by everyone
+//! behind a NAT or gateway, so it gets a higher threshold and a shorter block). A caller that trips
+//! its threshold is refused (before the handshake by address, right after it by SPIFFE ID) until
+//! its block ends. Blocks are
 //! exported as metrics, listed and cleared on the admin API, and expire by themselves.
 //!
 //! Lockout is off unless the config has a `[lockout]` section: a block refuses legitimate traffic
@@ -12,7 +15,7 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use meshguard_policy::lockout::{Block, Caller, Failure, LockoutEvent};
-use meshguard_policy::{Lockout, LockoutConfig};
+use meshguard_policy::{Lockout, LockoutConfig, LockoutLimits};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -20,15 +23,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::HumanDuration;
 
-/// The `[lockout]` section: N failures from one caller within `window` block it for `block`,
-/// doubled on each repeat up to `max_block`.
+/// The `[lockout]` section: N policy denials of one SPIFFE ID within `window` block it for
+/// `block`, doubled on each repeat up to `max_block`; `[lockout.unauthenticated]` tunes the same
+/// for failed handshakes by source address.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockoutSettings {
     /// Set `false` to keep the section but switch lockout off.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Denials or failed handshakes within `window` that block the caller.
+    /// Denials of one SPIFFE ID within `window` that block it.
     #[serde(default = "default_threshold")]
     pub threshold: u32,
     /// The sliding window failures are counted in.
@@ -43,6 +47,48 @@ pub struct LockoutSettings {
     /// Callers tracked at most, so a flood of distinct sources cannot exhaust memory.
     #[serde(default = "default_max_tracked")]
     pub max_tracked: usize,
+    /// Failed handshakes by source address: their own limits.
+    #[serde(default)]
+    pub unauthenticated: UnauthenticatedSettings,
+}
+
+/// `[lockout.unauthenticated]`: failed handshakes (nothing verified, so only the source address
+/// is known). An address may stand for a whole NAT pool or a gateway, so the defaults are looser
+/// than for identities: 50 failures in a minute block the address for a minute, at most 15 minutes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnauthenticatedSettings {
+    /// Set `false` to never block an address (e.g. behind a load balancer that hides sources).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Failed handshakes from one address within `window` that block it.
+    #[serde(default = "default_address_threshold")]
+    pub threshold: u32,
+    /// The sliding window failures are counted in.
+    #[serde(default = "default_window")]
+    pub window: HumanDuration,
+    /// The first block's length.
+    #[serde(default = "default_address_block")]
+    pub block: HumanDuration,
+    /// The longest a repeated block grows to.
+    #[serde(default = "default_address_max_block")]
+    pub max_block: HumanDuration,
+    /// Addresses tracked at most.
+    #[serde(default = "default_max_tracked")]
+    pub max_tracked: usize,
+}
+
+impl Default for UnauthenticatedSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: default_address_threshold(),
+            window: default_window(),
+            block: default_address_block(),
+            max_block: default_address_max_block(),
+            max_tracked: default_max_tracked(),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -63,31 +109,91 @@ fn default_max_block() -> HumanDuration {
 fn default_max_tracked() -> usize {
     100_000
 }
+fn default_address_threshold() -> u32 {
+    50
+}
+fn default_address_block() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+fn default_address_max_block() -> HumanDuration {
+    HumanDuration::from_secs(900)
+}
+
+/// The checks both kinds of limits need, with the section named in the sentence.
+fn validate_limits(
+    section: &str,
+    threshold: u32,
+    window: HumanDuration,
+    block: HumanDuration,
+    max_block: HumanDuration,
+) -> Result<(), String> {
+    if threshold == 0 {
+        return Err(format!("[{section}] threshold must be at least 1"));
+    }
+    if window.get().is_zero() || block.get().is_zero() {
+        return Err(format!(
+            "[{section}] window and block must be longer than zero"
+        ));
+    }
+    if max_block.get() < block.get() {
+        return Err(format!(
+            "[{section}] max_block must be at least as long as block"
+        ));
+    }
+    Ok(())
+}
+
+fn limits(
+    threshold: u32,
+    window: HumanDuration,
+    block: HumanDuration,
+    max_block: HumanDuration,
+    max_tracked: usize,
+) -> LockoutConfig {
+    let signed =
+        |d: HumanDuration| SignedDuration::try_from(d.get()).unwrap_or(SignedDuration::MAX);
+    LockoutConfig {
+        threshold,
+        window: signed(window),
+        block: signed(block),
+        max_block: signed(max_block),
+        max_tracked: max_tracked.max(1),
+    }
+}
 
 impl LockoutSettings {
     /// Checks the values a block needs to make sense.
     pub fn validate(&self) -> Result<(), String> {
-        if self.threshold == 0 {
-            return Err("[lockout] threshold must be at least 1".to_owned());
-        }
-        if self.window.get().is_zero() || self.block.get().is_zero() {
-            return Err("[lockout] window and block must be longer than zero".to_owned());
-        }
-        if self.max_block.get() < self.block.get() {
-            return Err("[lockout] max_block must be at least as long as block".to_owned());
-        }
-        Ok(())
+        validate_limits(
+            "lockout",
+            self.threshold,
+            self.window,
+            self.block,
+            self.max_block,
+        )?;
+        let u = &self.unauthenticated;
+        validate_limits(
+            "lockout.unauthenticated",
+            u.threshold,
+            u.window,
+            u.block,
+            u.max_block,
+        )
     }
 
-    fn policy_config(&self) -> LockoutConfig {
-        let signed =
-            |d: HumanDuration| SignedDuration::try_from(d.get()).unwrap_or(SignedDuration::MAX);
-        LockoutConfig {
-            threshold: self.threshold,
-            window: signed(self.window),
-            block: signed(self.block),
-            max_block: signed(self.max_block),
-            max_tracked: self.max_tracked.max(1),
+    fn policy_limits(&self) -> LockoutLimits {
+        let u = &self.unauthenticated;
+        LockoutLimits {
+            principals: limits(
+                self.threshold,
+                self.window,
+                self.block,
+                self.max_block,
+                self.max_tracked,
+            ),
+            addresses: u
+                .enabled
+                .then(|| limits(u.threshold, u.window, u.block, u.max_block, u.max_tracked)),
         }
     }
 }
@@ -138,7 +244,7 @@ pub struct LockoutGuard {
 impl std::fmt::Debug for LockoutGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockoutGuard")
-            .field("config", self.table.config())
+            .field("limits", self.table.limits())
             .finish_non_exhaustive()
     }
 }
@@ -158,7 +264,7 @@ impl LockoutGuard {
         clock: Clock,
     ) -> Option<Self> {
         settings.enabled.then(|| Self {
-            table: Arc::new(Lockout::new(settings.policy_config())),
+            table: Arc::new(Lockout::new(settings.policy_limits())),
             metrics,
             clock,
         })
@@ -171,11 +277,9 @@ impl LockoutGuard {
         Some(block)
     }
 
-    /// Records a policy denial or a failed handshake.
-    pub fn record(&self, principal: Option<&str>, address: Option<IpAddr>, failure: Failure) {
-        let events = self
-            .table
-            .record(principal, address, failure, (self.clock)());
+    /// Records a policy denial (against the SPIFFE ID) or a failed handshake (against the address).
+    pub fn record(&self, failure: Failure<'_>) {
+        let events = self.table.record(failure, (self.clock)());
         self.apply(&events);
     }
 
@@ -231,8 +335,14 @@ impl LockoutGuard {
 /// The log reason for a refused caller.
 pub fn refusal_reason(block: &Block) -> String {
     format!(
-        "locked out until {} ({} blocked after repeated denials or failed handshakes; strike {})",
-        block.until, block.caller, block.strikes
+        "locked out until {} ({} blocked after repeated {}; strike {})",
+        block.until,
+        block.caller,
+        match block.caller {
+            Caller::Principal(_) => "denials",
+            Caller::Address(_) => "failed handshakes",
+        },
+        block.strikes
     )
 }
 
@@ -289,6 +399,13 @@ mod tests {
                 .is_err()
         );
         assert!(toml::from_str::<LockoutSettings>("treshold = 3").is_err());
+        assert_eq!(
+            s.unauthenticated.threshold, 50,
+            "addresses are looser than identities"
+        );
+        let broken = settings("[unauthenticated]\nthreshold = 0").validate();
+        assert!(broken.unwrap_err().contains("[lockout.unauthenticated]"));
+        assert!(toml::from_str::<LockoutSettings>("[unauthenticated]\nlimit = 3").is_err());
         assert!(
             LockoutGuard::new(&settings("enabled = false"), LockoutMetrics::default()).is_none()
         );
@@ -303,17 +420,23 @@ mod tests {
         let clock: Clock = Arc::new(move || *clock_now.lock().unwrap());
         let metrics = LockoutMetrics::default();
         let guard = LockoutGuard::with_clock(
-            &settings("threshold = 3\nwindow = \"1m\"\nblock = \"5m\""),
+            &settings(
+                "threshold = 3\nwindow = \"1m\"\nblock = \"5m\"\n\
+                 [unauthenticated]\nthreshold = 4\nblock = \"5m\"",
+            ),
             metrics.clone(),
             clock,
         )
         .unwrap();
         let ip: IpAddr = "10.0.0.5".parse().unwrap();
-        for _ in 0..2 {
-            guard.record(None, Some(ip), Failure::HandshakeFailed);
+        for _ in 0..3 {
+            guard.record(Failure::Unauthenticated { address: ip });
         }
-        assert!(guard.check(None, Some(ip)).is_none(), "below the threshold");
-        guard.record(None, Some(ip), Failure::HandshakeFailed);
+        assert!(
+            guard.check(None, Some(ip)).is_none(),
+            "below the address threshold"
+        );
+        guard.record(Failure::Unauthenticated { address: ip });
         let block = guard.check(Some("spiffe://td/x"), Some(ip)).unwrap();
         assert_eq!(block.until.to_string(), "2026-11-23T10:05:00Z");
         assert!(refusal_reason(&block).starts_with("locked out until 2026-11-23T10:05:00Z"));
@@ -335,7 +458,9 @@ mod tests {
 
         // A principal trips, and the operator clears it.
         for _ in 0..3 {
-            guard.record(Some("spiffe://td/x"), None, Failure::Denied);
+            guard.record(Failure::Denied {
+                principal: "spiffe://td/x",
+            });
         }
         assert_eq!(guard.list().len(), 1);
         assert!(guard.clear(&Caller::Principal("spiffe://td/x".into())));

@@ -53,7 +53,8 @@ async fn repeated_failed_handshakes_lock_the_source_out_until_the_operator_clear
     let policy = server.write("policy/policy.toml", &allow_only(&id(PAYMENTS)));
     let proxy = server
         .start(&format!(
-            "{}[lockout]\nthreshold = 3\nwindow = \"1m\"\nblock = \"5m\"\n{CONTROL}",
+            "{}[lockout]\nthreshold = 3\nwindow = \"1m\"\nblock = \"5m\"\n\
+             [lockout.unauthenticated]\nthreshold = 3\nblock = \"5m\"\n{CONTROL}",
             inbound(echo, &policy)
         ))
         .await;
@@ -166,7 +167,7 @@ async fn repeated_failed_handshakes_lock_the_source_out_until_the_operator_clear
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_denials_block_the_principal_and_post_clear_lifts_it() {
+async fn repeated_denials_block_the_principal_not_its_address_and_post_clear_lifts_it() {
     let ca = TestCa::new(TD);
     let echo = echo_server().await;
     let server = Workload::new(&ca, LEDGER);
@@ -197,6 +198,19 @@ async fn repeated_denials_block_the_principal_and_post_clear_lifts_it() {
         .filter_map(|b| b["principal"].as_str())
         .collect();
     assert_eq!(principals, [id(PAYMENTS).as_str()], "{blocks}");
+    assert_eq!(
+        blocks.as_array().unwrap().len(),
+        1,
+        "no address block: {blocks}"
+    );
+    // Another workload behind the same address (127.0.0.1, as behind a NAT) is not punished.
+    let reporting = ca.issue("/ns/reporting/sa/reporting");
+    assert_eq!(
+        tls_client_round_trip(addr, &ca, Some(&reporting), b"innocent")
+            .await
+            .unwrap(),
+        b"innocent"
+    );
     let clear = format!(
         "/lockout/clear?principal={}&reason=INC-10",
         id(PAYMENTS).replace(':', "%3A")
