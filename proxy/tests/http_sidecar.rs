@@ -281,3 +281,41 @@ async fn a_slow_app_gets_504_within_the_request_timeout() {
         StatusCode::OK
     );
 }
+
+/// A Java server cuts a segment at `;`, so `/public/..;/admin` is `/admin` to it while a path
+/// pattern sees `/public/...`. The proxy has one definition of a segment: it refuses the request
+/// before policy, and the app never sees it.
+#[tokio::test]
+async fn matrix_parameters_are_refused_before_policy_and_never_reach_the_app() {
+    let pair = start_pair(HttpSettings::default()).await;
+    let mut client = h1_client(pair.outbound).await;
+    let refused = [
+        "/public/..;/admin",
+        "/admin;jsessionid=1",
+        "/public/%3B/a",
+        "/public/%252Fa",
+    ];
+    for path in refused {
+        client.ready().await.unwrap();
+        let request = Request::get(path)
+            .header("host", "ledger.bank.example")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert!(response.headers().get("x-seen-path").is_none(), "{path}");
+    }
+    let lines = pair
+        .inbound_lines
+        .wait_requests("inbound", refused.len())
+        .await;
+    assert!(
+        lines.iter().all(|l| l["http"]["status"] == 400),
+        "{lines:?}"
+    );
+    assert_eq!(
+        pair.inbound_metrics
+            .refused_total("inbound:test", "bad_path"),
+        refused.len() as u64
+    );
+}

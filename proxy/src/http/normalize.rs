@@ -10,15 +10,19 @@
 //!    encodings stay, with upper-case hex. A `%` not followed by two hex digits is refused.
 //! 3. Encodings that change how a path splits are refused: `%2F` (`/`), `%5C` (`\`), `%00`.
 //!    A raw `\` is refused too (some servers treat it as a separator).
-//! 4. A dot segment containing an encoded dot (`%2e`, `.%2E`, ...) is refused: it only exists to
+//! 4. Matrix parameters are refused, raw (`;`) or encoded (`%3B`): Java servers (Tomcat, Jetty,
+//!    Spring) cut a segment at `;`, so `/admin;x=1` is `/admin` to them and not to a pattern, and
+//!    `/public/..;/admin` climbs out of `/public`. There is one definition of a segment, this one.
+//! 5. An encoded `%` followed by two hex digits (`%252F`) is refused: a second decoding by the app
+//!    would turn it into the separator rule 3 refuses.
+//! 6. A dot segment containing an encoded dot (`%2e`, `.%2E`, ...) is refused: it only exists to
 //!    get past a filter.
-//! 5. Empty segments are merged (`//a///b` becomes `/a/b`), as Envoy's `merge_slashes` does.
-//! 6. `.` segments are removed and `..` segments resolved (RFC 3986 §5.2.4); a `..` that would
+//! 7. Empty segments are merged (`//a///b` becomes `/a/b`), as Envoy's `merge_slashes` does.
+//! 8. `.` segments are removed and `..` segments resolved (RFC 3986 §5.2.4); a `..` that would
 //!    climb above the root is refused rather than clamped.
 //!
 //! A trailing slash is kept (`/a/` and `/a` are different resources to many apps). The query is
-//! not touched (policy ignores it). Matrix parameters (`;x`) are left alone: policy patterns see
-//! them as part of the segment.
+//! not touched (policy ignores it).
 
 use std::borrow::Cow;
 
@@ -44,6 +48,14 @@ pub enum PathError {
     /// A `.` or `..` segment written with `%2E`.
     #[error("the request path hides a dot segment behind %2E")]
     EncodedDotSegment,
+    /// `;` or `%3B` in the path.
+    #[error(
+        "the request path has a matrix parameter (`;` or %3B), which Java servers cut from the segment; send it in the query instead"
+    )]
+    MatrixParameter,
+    /// `%25` followed by two hex digits.
+    #[error("the request path is encoded twice (%25 followed by hex digits); encode it once")]
+    DoubleEncoded,
     /// `..` above the root.
     #[error("the request path climbs above the root with `..`")]
     AboveRoot,
@@ -105,7 +117,7 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// The fast path: no `%`, `\`, `//` or dot segment.
 fn is_already_normal(path: &str) -> bool {
     let bytes = path.as_bytes();
-    if bytes.iter().any(|b| matches!(b, b'%' | b'\\')) || path.contains("//") {
+    if bytes.iter().any(|b| matches!(b, b'%' | b'\\' | b';')) || path.contains("//") {
         return false;
     }
     !path[1..].split('/').any(|s| s == "." || s == "..")
@@ -122,6 +134,7 @@ fn decode_segment(raw: &str) -> Result<(String, bool), PathError> {
         let b = bytes[i];
         match b {
             b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::MatrixParameter),
             b'%' => {
                 let (Some(hi), Some(lo)) = (
                     bytes.get(i + 1).and_then(hex),
@@ -133,6 +146,12 @@ fn decode_segment(raw: &str) -> Result<(String, bool), PathError> {
                 match decoded {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     0 => return Err(PathError::EncodedNul),
+                    b';' => return Err(PathError::MatrixParameter),
+                    b'%' if bytes.get(i + 3).is_some_and(|b| hex(b).is_some())
+                        && bytes.get(i + 4).is_some_and(|b| hex(b).is_some()) =>
+                    {
+                        return Err(PathError::DoubleEncoded);
+                    }
                     _ if is_unreserved(decoded) => {
                         encoded_dot |= decoded == b'.';
                         out.push(char::from(decoded));
@@ -180,7 +199,7 @@ mod tests {
 
     #[test]
     fn canonical_paths_are_borrowed_unchanged() {
-        for p in ["/", "/a", "/a/b/", "/a.b/c..d/.e", "*", "/a;x=1/b"] {
+        for p in ["/", "/a", "/a/b/", "/a.b/c..d/.e", "*", "/a=1/b,c"] {
             assert!(
                 matches!(normalize_path(p), Ok(Cow::Borrowed(q)) if q == p),
                 "{p}"
@@ -228,6 +247,12 @@ mod tests {
             ("/a%", PathError::BadPercent),
             ("/a%4", PathError::BadPercent),
             ("/a%zz", PathError::BadPercent),
+            ("/admin;x=1", PathError::MatrixParameter),
+            ("/public/..;/admin", PathError::MatrixParameter),
+            ("/admin%3bx", PathError::MatrixParameter),
+            ("/admin%3B", PathError::MatrixParameter),
+            ("/a%252Fb", PathError::DoubleEncoded),
+            ("/a%252e%252e/b", PathError::DoubleEncoded),
         ] {
             assert_eq!(norm(input), Err(want), "{input}");
         }
