@@ -13,7 +13,7 @@ use super::body::{Counted, ProxyBody, boxed};
 use super::metrics::HttpMetrics;
 use super::record::{HttpFields, version_name};
 use super::request_id::{ensure_request_id, trace_id};
-use super::respond::{Detail, upstream_failed};
+use super::respond::{Detail, bad_request, upstream_failed};
 use crate::access_log::{AccessLog, ConnectionRecord, ErrorClass, Outcome};
 
 /// What every request on one listener reports to.
@@ -126,6 +126,17 @@ impl Exchange {
             Some(Outcome::Deny) => "deny",
             None => "refused",
         };
+    }
+
+    /// Ends a request the proxy cannot read unambiguously: 400 (as gRPC when `grpc`) with
+    /// `reason`, counted as refused under `kind`.
+    pub fn refuse(mut self, grpc: bool, kind: &'static str, reason: &str) -> Response<ProxyBody> {
+        self.reporting
+            .metrics
+            .refused(&self.reporting.listener, kind);
+        let response = bad_request(grpc, &self.fields.request_id, reason);
+        self.line.fail(ErrorClass::Downstream, reason.to_owned());
+        self.finish(response)
     }
 
     /// Ends the request as an upstream failure: the log line gets `reason` with the upstream

@@ -2,7 +2,8 @@
 //! from direct clients) are each authorized with the peer's SPIFFE ID and forwarded to the app
 //! with `x-forwarded-client-cert`, in the HTTP version the original client spoke.
 //!
-//! Per request: request id, path normalization (400 when refused), policy decision (403 or gRPC
+//! Per request: request id, one authority and a normalized path (400 when either is refused), the
+//! request rewritten as the app will receive it, policy decision on that (403 or gRPC
 //! `PERMISSION_DENIED`), then the app. A denied or refused request leaves the connection open
 //! for the next one.
 
@@ -15,6 +16,7 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use meshguard_policy::Request as PolicyRequest;
 
+use super::authority::settle_authority;
 use super::body::ProxyBody;
 use super::exchange::{Exchange, InFlight, Reporting};
 use super::normalize::normalize_path;
@@ -138,24 +140,17 @@ impl Connection {
         let grpc = respond::is_grpc(request.headers());
 
         let upgrade = is_upgrade(&request);
+        match settle_authority(&mut request) {
+            Ok(authority) => exchange.fields.authority = authority.map(|a| a.to_string()),
+            Err(error) => return exchange.refuse(grpc, "bad_authority", &error.to_string()),
+        }
         // CONNECT names an authority, not a path: policy sees its method and host only.
         let path_and_query = if request.method() == Method::CONNECT {
             None
         } else {
             let path = match normalize_path(request.uri().path()) {
                 Ok(path) => path.into_owned(),
-                Err(error) => {
-                    proxy
-                        .reporting
-                        .metrics
-                        .refused(&proxy.reporting.listener, "bad_path");
-                    exchange
-                        .line
-                        .fail(ErrorClass::Downstream, error.to_string());
-                    let response =
-                        respond::bad_request(grpc, &exchange.fields.request_id, &error.to_string());
-                    return exchange.finish(response);
-                }
+                Err(error) => return exchange.refuse(grpc, "bad_path", &error.to_string()),
             };
             exchange.fields.path.clone_from(&path);
             Some(match request.uri().query() {
@@ -163,6 +158,30 @@ impl Connection {
                 None => path,
             })
         };
+
+        // Policy decides on the request as the app will receive it: the proxy's own XFCC in
+        // place of any the client sent, the normalized path, no hop-by-hop headers. A header
+        // policy could see but the app would not (or the reverse) is a bypass.
+        set_xfcc(
+            request.headers_mut(),
+            &self.peer.local_id,
+            self.peer.peer_id.as_deref(),
+        );
+        let mut version = request.version();
+        if !upgrade {
+            // Forward exactly what was authorized: the normalized path.
+            if let Err(error) = set_path(&mut request, path_and_query.as_deref().unwrap_or("/")) {
+                exchange.line.fail(ErrorClass::Downstream, error);
+                let response = respond::bad_request(
+                    grpc,
+                    &exchange.fields.request_id,
+                    "the request target is invalid",
+                );
+                return exchange.finish(response);
+            }
+            version = restore_version(&mut request);
+            strip_connection_headers(request.headers_mut());
+        }
 
         let decision = {
             let mut facts = PolicyRequest::connection(jiff::Timestamp::now());
@@ -201,28 +220,11 @@ impl Connection {
             return exchange.finish(response);
         }
 
-        set_xfcc(
-            request.headers_mut(),
-            &self.peer.local_id,
-            self.peer.peer_id.as_deref(),
-        );
         if upgrade {
             return self
                 .forward_upgrade(request, path_and_query, exchange)
                 .await;
         }
-        // Forward exactly what was authorized: the normalized path.
-        if let Err(error) = set_path(&mut request, path_and_query.as_deref().unwrap_or("/")) {
-            exchange.line.fail(ErrorClass::Downstream, error);
-            let response = respond::bad_request(
-                grpc,
-                &exchange.fields.request_id,
-                "the request target is invalid",
-            );
-            return exchange.finish(response);
-        }
-        let version = restore_version(&mut request);
-        strip_connection_headers(request.headers_mut());
         let request = exchange.count_request(request);
         // The connection's record (which each request line starts from) names it already;
         // formatting the address again for every request showed in profiles.

@@ -9,6 +9,7 @@
 //! - [`exchange`]: one request's bookkeeping (log line, byte counts, metrics); [`record`]: its
 //!   `http` log fields; [`metrics`]: the request metrics; [`body`]: the body type and counter.
 //! - [`pool`]: upstream connections (one HTTP/2 connection per peer, a bounded HTTP/1 pool).
+//! - [`authority`]: the one host a request is authorized on (and forwarded with), or a refusal.
 //! - [`normalize`]: the path a request is authorized on (and forwarded with), or a refusal.
 //! - [`xfcc`]: `x-forwarded-client-cert`, the caller's identity for the app.
 //! - [`request_id`]: `x-request-id` and the W3C trace id.
@@ -16,6 +17,7 @@
 //! - [`upgrade`]: HTTP/1.1 Upgrade and CONNECT, tunnelled once the upstream agrees.
 //! - [`respond`]: the responses the proxy writes itself (403, gRPC `PERMISSION_DENIED`, 400, 502).
 
+pub mod authority;
 pub mod body;
 pub mod exchange;
 pub mod inbound;

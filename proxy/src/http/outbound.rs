@@ -12,6 +12,7 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use super::authority::settle_authority;
 use super::body::ProxyBody;
 use super::exchange::{Exchange, InFlight, Reporting};
 use super::orig_proto::{strip_connection_headers, upgrade_to_h2};
@@ -20,7 +21,7 @@ use super::respond;
 use super::serve::{ServeOutcome, serve_connection};
 use super::settings::HttpSettings;
 use super::upgrade::{self, is_upgrade};
-use crate::access_log::{ConnectionRecord, ErrorClass, Outcome};
+use crate::access_log::{ConnectionRecord, Outcome};
 use crate::config::Target;
 
 /// ALPN protocol id of HTTP/2.
@@ -165,20 +166,17 @@ impl Connection {
             &self.in_flight,
         );
         let grpc = respond::is_grpc(request.headers());
+        // The peer authorizes the authority this sidecar sends, so send one, canonical: an app
+        // whose target and Host disagree is refused here rather than resolved by a guess.
+        match settle_authority(&mut request) {
+            Ok(authority) => exchange.fields.authority = authority.map(|a| a.to_string()),
+            Err(error) => return exchange.refuse(grpc, "bad_authority", &error.to_string()),
+        }
         if is_upgrade(&request) {
             return self.forward_upgrade(request, exchange).await;
         }
         if let Err(error) = upgrade_to_h2(&mut request) {
-            proxy
-                .reporting
-                .metrics
-                .refused(&proxy.reporting.listener, "bad_request");
-            exchange
-                .line
-                .fail(ErrorClass::Downstream, error.to_string());
-            let response =
-                respond::bad_request(grpc, &exchange.fields.request_id, &error.to_string());
-            return exchange.finish(response);
+            return exchange.refuse(grpc, "bad_request", &error.to_string());
         }
         // Outbound does not authorize (the peer does); the line says it was forwarded.
         exchange.line.decision = Some(Outcome::Allow);

@@ -33,7 +33,8 @@ pub const TD: &str = "bank.example";
 pub const FRONTEND: &str = "spiffe://bank.example/ns/web/sa/frontend";
 pub const LEDGER: &str = "spiffe://bank.example/ns/ledger/sa/ledger";
 
-/// Frontend may GET `/public/*` and call the gRPC service `ledger.Ledger`; nothing else.
+/// Frontend may GET `/public/*`, `/reports/*` on host `reports.bank.example`, and call the gRPC
+/// service `ledger.Ledger`; the auditor may read `/audit/*`; nothing else.
 pub const POLICY: &str = r#"
 default = "deny"
 
@@ -49,6 +50,21 @@ name = "frontend-grpc"
 action = "allow"
 principals = ["spiffe://bank.example/ns/web/sa/frontend"]
 paths = ["/ledger.Ledger/Get"]
+
+[[policy]]
+name = "frontend-reports"
+action = "allow"
+principals = ["spiffe://bank.example/ns/web/sa/frontend"]
+hosts = ["reports.bank.example"]
+paths = ["/reports/*"]
+
+# A rule that trusts XFCC to name the caller, as operators used to Envoy filters write: it must
+# see the proxy's own XFCC, never the client's.
+[[policy]]
+name = "auditors-by-xfcc"
+action = "allow"
+paths = ["/audit/*"]
+headers = { x-forwarded-client-cert = "*URI=spiffe://bank.example/ns/audit/sa/auditor" }
 
 [[policy]]
 name = "frontend-tunnel"
@@ -435,6 +451,25 @@ pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequ
             .unwrap();
     tokio::spawn(conn);
     sender
+}
+
+/// An mTLS connection to the inbound sidecar as `frontend`, speaking `alpn`.
+pub async fn mtls_to_inbound(
+    pair: &Pair,
+    alpn: &[u8],
+) -> TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = TlsProfile::new(pair.ca.rotating("/ns/web/sa/frontend"))
+        .expect(ExpectedIdentities::parse(&[LEDGER]).unwrap())
+        .with_alpn([alpn])
+        .client_config()
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(pair.inbound).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    TokioIo::new(tls)
 }
 
 /// Body as text.
