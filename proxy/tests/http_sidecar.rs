@@ -217,33 +217,48 @@ async fn http2_end_to_end_and_grpc_with_trailers() {
     assert_eq!(grpc["decision"], "deny");
 }
 
+/// The zero-trust default: a caller learns it was denied and the request id, not which rule to
+/// dodge; the reason is in the access log under that id.
 #[tokio::test]
-async fn denial_details_can_be_hidden() {
-    let settings = HttpSettings {
-        detail: meshguard_proxy::http::respond::Detail::Hide,
-        ..HttpSettings::default()
-    };
-    let pair = start_pair(settings).await;
-    let mut client = h1_client(pair.outbound).await;
-    let request = Request::get("/admin")
-        .header("host", "ledger")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = client.send_request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    let body = text(response).await;
-    assert!(
-        body.contains("denied by policy") && !body.contains("no allow policy"),
-        "{body}"
-    );
-    let lines = pair.inbound_lines.wait_requests("inbound", 1).await;
-    assert!(
-        lines[0]["reason"]
-            .as_str()
+async fn denial_reasons_are_hidden_by_default_and_kept_in_the_log() {
+    for (settings, shown) in [
+        (HttpSettings::default(), false),
+        (
+            HttpSettings {
+                detail: meshguard_proxy::http::respond::Detail::Show,
+                ..HttpSettings::default()
+            },
+            true,
+        ),
+    ] {
+        let pair = start_pair(settings).await;
+        let mut client = h1_client(pair.outbound).await;
+        let request = Request::get("/admin")
+            .header("host", "ledger")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let id = response.headers()["x-request-id"]
+            .to_str()
             .unwrap()
-            .contains("no allow policy"),
-        "the log keeps the reason"
-    );
+            .to_owned();
+        let body = text(response).await;
+        assert!(
+            body.contains(&id) && body.contains("denied by policy"),
+            "{body}"
+        );
+        assert_eq!(body.contains("no allow policy"), shown, "{body}");
+        let lines = pair.inbound_lines.wait_requests("inbound", 1).await;
+        assert_eq!(lines[0]["http"]["request_id"], id.as_str());
+        assert!(
+            lines[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no allow policy"),
+            "the log keeps the reason"
+        );
+    }
 }
 
 #[tokio::test]

@@ -14,9 +14,10 @@ use super::request_id::X_REQUEST_ID;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Detail {
     /// The reason appears in the body (or `grpc-message`).
-    #[default]
     Show,
-    /// Only the request id appears; the reason stays in the access log.
+    /// Only the request id appears; the reason stays in the access log. The zero-trust default:
+    /// a caller learns that it was denied, not which rule to dodge.
+    #[default]
     Hide,
 }
 

@@ -55,7 +55,7 @@ impl Default for HttpSettings {
             max_pending_accept_reset_streams: 20,
             pool_max_idle: 64,
             pool_idle_timeout: Duration::from_secs(90),
-            detail: Detail::Show,
+            detail: Detail::Hide,
             detect: DetectConfig::default(),
         }
     }
@@ -65,10 +65,10 @@ impl Default for HttpSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DetailConfig {
-    /// Show the reason.
-    #[default]
+    /// Show the reason (for development meshes: it tells an attacker which rule to dodge).
     Show,
-    /// Show only the request id.
+    /// Show only the request id; the reason is in the access log under that id.
+    #[default]
     Hide,
 }
 
@@ -104,7 +104,7 @@ pub struct HttpConfig {
     pub pool_max_idle: usize,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: HumanDuration,
-    /// `show` (default) or `hide` the denial reason in 403 bodies and `grpc-message`.
+    /// `hide` (default) or `show` the denial reason in 403 bodies and `grpc-message`.
     pub deny_details: DetailConfig,
     /// How long detection waits for a client's first bytes (`protocol = "detect"`).
     pub detect_timeout: HumanDuration,
@@ -126,7 +126,7 @@ impl Default for HttpConfig {
             max_pending_accept_reset_streams: s.max_pending_accept_reset_streams,
             pool_max_idle: s.pool_max_idle,
             pool_idle_timeout: d(s.pool_idle_timeout),
-            deny_details: DetailConfig::Show,
+            deny_details: DetailConfig::Hide,
             detect_timeout: d(s.detect.timeout),
             opaque_ports: s.detect.opaque_ports,
         }
@@ -203,5 +203,12 @@ mod tests {
         assert_eq!(settings.detect.opaque_ports, [25]);
         assert_eq!(settings.idle_timeout, HttpSettings::default().idle_timeout);
         assert!(toml::from_str::<HttpConfig>("max_header_size = 1").is_err());
+    }
+
+    #[test]
+    fn reasons_are_hidden_from_callers_unless_asked() {
+        assert_eq!(HttpConfig::default().settings().detail, Detail::Hide);
+        let config: HttpConfig = toml::from_str("deny_details = \"show\"").unwrap();
+        assert_eq!(config.settings().detail, Detail::Show);
     }
 }
