@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use meshguard_identity::test_ca::{SvidSpec, TestCa};
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_meshguard");
 const TD: &str = "bank.example";
 
@@ -217,18 +219,6 @@ fn wait_ready(ns: &str) {
     }
 }
 
-fn can_create_namespaces() -> bool {
-    let probe = format!("mgprobe{}", std::process::id());
-    let ok = Command::new("ip")
-        .args(["netns", "add", &probe])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-    }
-    ok
-}
-
 fn apply_capture(ns: &str, config: &Path) {
     let config = meshguard_proxy::Config::load(config).unwrap();
     let spec = meshguard_proxy::iptables::CaptureSpec::from_config(&config, 0);
@@ -246,11 +236,10 @@ fn apply_capture(ns: &str, config: &Path) {
 
 #[test]
 fn transparent_capture_carries_an_unchanged_dial_through_two_sidecars() {
-    if !can_create_namespaces() {
-        eprintln!(
-            "\n*** SKIPPED transparent_capture_carries_an_unchanged_dial_through_two_sidecars: \
-             creating network namespaces needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN). CI runs it as root. ***\n"
-        );
+    if !support::netns::require_or_skip(
+        "transparent_capture_carries_an_unchanged_dial_through_two_sidecars",
+        &["iptables", "curl"],
+    ) {
         return;
     }
     let id = std::process::id() % 100_000;

@@ -2,6 +2,7 @@
 //! inbound listener, `curl` and `nc` in plaintext through the outbound listener.
 
 mod support;
+mod tools;
 
 use std::process::Output;
 
@@ -9,18 +10,6 @@ use meshguard_identity::test_ca::TestCa;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-
-fn have(program: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIPPED: `{program}` is not installed; install it to run this interop test");
-    }
-    found
-}
 
 async fn run_with_stdin(command: &mut Command, stdin: &[u8]) -> Output {
     command
@@ -52,7 +41,10 @@ async fn inbound_setup(ca: &TestCa) -> (Workload, Workload, meshguard_proxy::Run
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_s_client_with_a_client_certificate_gets_through_and_without_one_is_refused() {
-    if !have("openssl") {
+    if !tools::require(
+        "openssl_s_client_with_a_client_certificate...",
+        &["openssl"],
+    ) {
         return;
     }
     let ca = TestCa::new(TD);
@@ -110,7 +102,7 @@ async fn openssl_s_client_with_a_client_certificate_gets_through_and_without_one
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_with_a_client_certificate_gets_through_the_inbound_listener() {
-    if !have("curl") {
+    if !tools::require("curl_with_a_client_certificate_gets_through...", &["curl"]) {
         return;
     }
     let ca = TestCa::new(TD);
@@ -166,7 +158,7 @@ async fn curl_with_a_client_certificate_gets_through_the_inbound_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_and_nc_in_plaintext_through_the_outbound_listener() {
-    if !have("curl") || !have("nc") {
+    if !tools::require("curl_and_nc_in_plaintext_through...", &["curl", "nc"]) {
         return;
     }
     let http = http_server().await;
@@ -202,4 +194,20 @@ async fn curl_and_nc_in_plaintext_through_the_outbound_listener() {
         String::from_utf8_lossy(&output.stdout),
         "hello through two sidecars\n"
     );
+}
+
+#[test]
+#[should_panic(expected = "MESHGUARD_REQUIRE_TOOLS=1 but")]
+fn a_missing_client_fails_the_run_when_tools_are_required() {
+    tools::require_with("this test", &["curl", "meshguard-no-such-client"], true);
+}
+
+#[test]
+fn a_missing_client_is_a_loud_skip_otherwise() {
+    assert!(!tools::require_with(
+        "this test",
+        &["meshguard-no-such-client"],
+        false
+    ));
+    assert!(tools::require_with("this test", &["sh"], true));
 }

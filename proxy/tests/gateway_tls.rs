@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed step should fail the test at once
 
 mod support;
+mod tools;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -137,12 +138,7 @@ async fn tls12_towards_a_legacy_host_only_when_the_config_allows_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_as_a_legacy_client_reaches_the_mesh_through_an_outbound_with_server_tls() {
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: curl is not installed");
+    if !tools::require("curl_as_a_legacy_client_reaches_the_mesh...", &["curl"]) {
         return;
     }
     let mesh_ca = TestCa::new(TD);

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test helpers
 
 mod http_support;
+mod tools;
 
 use http_support::*;
 use meshguard_proxy::http::settings::HttpSettings;
@@ -15,6 +16,12 @@ fn s(v: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn curl_http1_and_http2_through_the_outbound_sidecar() {
+    if !tools::require(
+        "curl_http1_and_http2_through_the_outbound_sidecar",
+        &["curl"],
+    ) {
+        return;
+    }
     let pair = start_pair(HttpSettings::default()).await;
     let base = format!("http://{}", pair.outbound);
     for (flag, version) in [
@@ -57,6 +64,12 @@ async fn curl_http1_and_http2_through_the_outbound_sidecar() {
 
 #[tokio::test]
 async fn curl_with_a_client_certificate_to_the_inbound_sidecar() {
+    if !tools::require(
+        "curl_with_a_client_certificate_to_the_inbound_sidecar",
+        &["curl"],
+    ) {
+        return;
+    }
     let pair = start_pair(HttpSettings::default()).await;
     let (_dir, files) = client_files(&pair.ca, "/ns/web/sa/frontend");
     let port = pair.inbound.port();
@@ -95,6 +108,9 @@ async fn curl_with_a_client_certificate_to_the_inbound_sidecar() {
 
 #[tokio::test]
 async fn h2load_over_http2_and_http1() {
+    if !tools::require("h2load_over_http2_and_http1", &["h2load"]) {
+        return;
+    }
     let pair = start_pair(HttpSettings::default()).await;
     let url = format!("http://{}/public/load", pair.outbound);
     for extra in [&[][..], &["--h1"][..]] {
