@@ -117,7 +117,17 @@ fn child(uri: &str) -> ExitCode {
         let (issued, key) = ca.issue_local(&id, &[], None, "bench", SystemTime::now()).expect("client svid");
         let svid = X509Svid::from_pem(issued.pem().as_bytes(), key.serialize_pem().as_bytes()).expect("svid");
         let creds = Credentials::new(svid, BundleSet::single(ca.bundle().clone()));
-        let server = Server::bind(ca, "127.0.0.1:0", &[]).await.expect("bind");
+        // The signing rate limit is lifted: this measures what the CA can sign, not the limit.
+        let unlimited = meshguard_ca::serve::Limits {
+            signing_rate: std::num::NonZeroU32::MAX,
+            signing_burst: std::num::NonZeroU32::MAX,
+            ..meshguard_ca::serve::Limits::default()
+        };
+        let server = Server::bind(ca, "127.0.0.1:0", &[])
+            .await
+            .expect("bind")
+            .with_limits(unlimited)
+            .expect("limits");
         let addr = server.local_addr();
         tokio::spawn(server.run(std::future::pending()));
 

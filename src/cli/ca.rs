@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use meshguard_ca::audit;
 use meshguard_ca::key::{KeyAlgorithm, KeyUri};
+use meshguard_ca::serve::Limits;
 use meshguard_ca::state::parse_duration;
 use meshguard_ca::tokens::DEFAULT_TOKEN_TTL;
 use meshguard_ca::{Authority, InitOptions, Secret};
@@ -121,6 +122,34 @@ struct ServeArgs {
     /// DNS names for the CA's own server certificate (IP addresses of --listen are added).
     #[arg(long)]
     dns: Vec<String>,
+    /// Open connections at most; beyond, new ones are closed at once.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Time a client has to finish the TLS handshake, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    handshake_timeout: String,
+    /// Time a client has to send a request's header, and then its body.
+    #[arg(long, default_value = "10s")]
+    request_timeout: String,
+    /// Signatures per second, sustained; beyond, 429 with Retry-After.
+    #[arg(long, default_value_t = Limits::default().signing_rate)]
+    signing_rate: std::num::NonZeroU32,
+    /// Signatures allowed in a burst above --signing-rate (a fleet restarting at once).
+    #[arg(long, default_value_t = Limits::default().signing_burst)]
+    signing_burst: std::num::NonZeroU32,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> anyhow::Result<Limits> {
+        Ok(Limits {
+            max_connections: self.max_connections,
+            handshake_timeout: duration("--handshake-timeout", &self.handshake_timeout)?,
+            request_timeout: duration("--request-timeout", &self.request_timeout)?,
+            signing_rate: self.signing_rate,
+            signing_burst: self.signing_burst,
+            ..Limits::default()
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -216,10 +245,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{}", token.expose());
         }
         Command::Serve(a) => {
+            let limits = a.limits()?;
             let ca = Authority::open(&a.state, pin_from_env())?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
-                let server = meshguard_ca::serve::Server::bind(ca, &a.listen, &a.dns).await?;
+                let server = meshguard_ca::serve::Server::bind(ca, &a.listen, &a.dns)
+                    .await?
+                    .with_limits(limits)?;
                 println!("listening on {}", server.local_addr());
                 server.run(shutdown_signal()).await
             })?;

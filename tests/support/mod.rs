@@ -2,3 +2,5 @@
 #![allow(dead_code)] // each test file uses its own part
 
 pub(crate) mod netns;
+#[path = "../../proxy/tests/tools/mod.rs"]
+pub(crate) mod tools;

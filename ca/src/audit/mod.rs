@@ -17,6 +17,11 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CaError;
+use commit::GroupCommit;
+pub use verify::{Broken, verify};
+
+mod commit;
+mod verify;
 
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -75,6 +80,7 @@ pub struct AuditLog {
     path: PathBuf,
     head_path: PathBuf,
     state: Mutex<Tail>,
+    commits: GroupCommit,
 }
 
 #[derive(Debug)]
@@ -118,62 +124,106 @@ impl AuditLog {
             path: path.to_owned(),
             head_path,
             state: Mutex::new(tail),
+            commits: GroupCommit::default(),
         })
     }
 
-    /// Appends an entry; issuance must not proceed unrecorded, so failures are errors.
+    /// Appends an entry and returns once it is on disk (`fdatasync` of the trail and its head):
+    /// issuance must not proceed unrecorded, so failures are errors. Blocks the calling thread;
+    /// async callers run it on the blocking pool. Concurrent appends share one sync (group
+    /// commit), so a burst costs one disk flush, not one per record.
     pub fn append(&self, entry: Entry, now: SystemTime) -> Result<Record, CaError> {
-        let fail = |reason: String| CaError::Audit {
-            path: self.path.clone(),
-            reason,
+        self.commits
+            .submit(entry, now, |batch| self.write_batch(batch))
+            .map_err(|reason| CaError::Audit {
+                path: self.path.clone(),
+                reason,
+            })
+    }
+
+    /// Disk flushes so far (each covers one or more records).
+    pub fn commits(&self) -> u64 {
+        self.commits.count()
+    }
+
+    /// Writes `batch` as consecutive lines with one write and one sync, under the file lock.
+    fn write_batch(&self, batch: &[(Entry, SystemTime)]) -> Vec<Result<Record, String>> {
+        let mut tail = match self.state.lock() {
+            Ok(tail) => tail,
+            Err(_) => return vec![Err("the audit lock was poisoned".into()); batch.len()],
         };
-        let mut tail = self
-            .state
-            .lock()
-            .map_err(|_| fail("the audit lock was poisoned".into()))?;
         // flock(2): excludes other processes (`meshguard ca issue` next to `ca serve`).
-        tail.file
-            .lock()
-            .map_err(|e| fail(format!("cannot lock: {e}")))?;
-        let result = (|| {
-            let len = tail.file.metadata().map_err(|e| fail(e.to_string()))?.len();
-            if len != tail.len {
-                refresh(&self.path, &mut tail)?;
+        if let Err(e) = tail.file.lock() {
+            return vec![Err(format!("cannot lock: {e}")); batch.len()];
+        }
+        let written = self.write_locked(&mut tail, batch);
+        let _unlocked = tail.file.unlock();
+        match written {
+            Ok(records) => records,
+            Err(reason) => {
+                // What reached the file is unknown: re-read it before the next append.
+                tail.len = u64::MAX;
+                vec![Err(reason); batch.len()]
             }
-            let prev = tail.last_line_hash.clone();
+        }
+    }
+
+    fn write_locked(
+        &self,
+        tail: &mut Tail,
+        batch: &[(Entry, SystemTime)],
+    ) -> Result<Vec<Result<Record, String>>, String> {
+        let len = tail.file.metadata().map_err(|e| e.to_string())?.len();
+        if len != tail.len {
+            refresh(&self.path, tail).map_err(|e| e.to_string())?;
+        }
+        let (mut seq, mut last_line_hash) = (tail.seq, tail.last_line_hash.clone());
+        let mut lines = String::new();
+        let mut records = Vec::with_capacity(batch.len());
+        for (entry, now) in batch {
             let body = Body {
-                seq: tail.seq + 1,
-                time: timestamp(now),
-                entry: &entry,
-                prev: &prev,
+                seq: seq + 1,
+                time: timestamp(*now),
+                entry,
+                prev: &last_line_hash,
             };
-            let body_json = serde_json::to_string(&body).map_err(|e| fail(e.to_string()))?;
+            let body_json = match serde_json::to_string(&body) {
+                Ok(json) => json,
+                Err(e) => {
+                    records.push(Err(e.to_string()));
+                    continue;
+                }
+            };
             let hash = sha256_hex(body_json.as_bytes());
             let line = format!(
                 "{},\"hash\":\"{hash}\"}}",
                 &body_json[..body_json.len() - 1]
             );
-            tail.file
-                .write_all(format!("{line}\n").as_bytes())
-                .map_err(|e| fail(e.to_string()))?;
-            let record = Record {
+            records.push(Ok(Record {
                 seq: body.seq,
                 time: body.time.clone(),
                 entry: entry.clone(),
-                prev: body.prev.to_owned(),
+                prev: last_line_hash.clone(),
                 hash,
-            };
-            tail.seq = record.seq;
-            tail.last_line_hash = sha256_hex(line.as_bytes());
-            tail.len = len + line.len() as u64 + 1;
-            let head = format!("{:020} {}\n", tail.seq, tail.last_line_hash);
-            tail.head
-                .write_all_at(head.as_bytes(), 0)
-                .map_err(|e| fail(format!("{}: {e}", self.head_path.display())))?;
-            Ok(record)
-        })();
-        let _unlocked = tail.file.unlock();
-        result
+            }));
+            seq = body.seq;
+            last_line_hash = sha256_hex(line.as_bytes());
+            lines.push_str(&line);
+            lines.push('\n');
+        }
+        tail.file
+            .write_all(lines.as_bytes())
+            .and_then(|()| tail.file.sync_data())
+            .map_err(|e| format!("cannot write and sync the trail: {e}"))?;
+        let head = format!("{seq:020} {last_line_hash}\n");
+        tail.head
+            .write_all_at(head.as_bytes(), 0)
+            .and_then(|()| tail.head.sync_data())
+            .map_err(|e| format!("{}: {e}", self.head_path.display()))?;
+        tail.seq = seq;
+        tail.last_line_hash = last_line_hash;
+        tail.len = len + lines.len() as u64;
+        Ok(records)
     }
 
     /// All records, for `meshguard ca list` (unverified; run [`verify`] to check them).
@@ -236,83 +286,6 @@ fn read_records(path: &Path) -> Result<Vec<Record>, CaError> {
         out.push(record);
     }
     Ok(out)
-}
-
-/// Where the trail stops being trustworthy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Broken {
-    /// 1-based line number of the first altered, missing or out-of-order record.
-    pub line: u64,
-    pub reason: String,
-}
-
-/// Checks the whole trail; `Ok(n)` is the number of intact records.
-pub fn verify(path: &Path) -> Result<Result<u64, Broken>, CaError> {
-    let file = File::open(path).map_err(|e| CaError::io("reading the audit trail", path, e))?;
-    let head_path = path.with_extension("head");
-    let head = std::fs::read_to_string(&head_path).unwrap_or_default();
-    let mut prev_hash = GENESIS.to_owned();
-    let mut line_no = 0u64;
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(|e| CaError::io("reading the audit trail", path, e))?;
-        line_no += 1;
-        let broken = |reason: String| {
-            Ok(Err(Broken {
-                line: line_no,
-                reason,
-            }))
-        };
-        let Ok(record) = serde_json::from_str::<Record>(&line) else {
-            return broken("altered: the line is not a valid record".into());
-        };
-        let suffix = format!(",\"hash\":\"{}\"}}", record.hash);
-        let own_ok = line
-            .strip_suffix(&suffix)
-            .is_some_and(|body| sha256_hex(format!("{body}}}").as_bytes()) == record.hash);
-        if !own_ok {
-            return broken("altered: the record's content no longer matches its hash".into());
-        }
-        if record.seq != line_no {
-            return broken(format!(
-                "expected record {line_no} but found record {}: a record is missing or the lines were reordered",
-                record.seq
-            ));
-        }
-        if record.prev != prev_hash {
-            // This record is intact and in place, so the one before it was rewritten.
-            return Ok(Err(Broken {
-                line: line_no - 1,
-                reason: format!(
-                    "altered: record {} no longer matches the hash recorded in line {line_no}",
-                    line_no - 1
-                ),
-            }));
-        }
-        prev_hash = sha256_hex(line.as_bytes());
-    }
-    if let Some((seq, hash)) = head.trim().split_once(' ') {
-        let seq: u64 = seq.parse().unwrap_or(0);
-        if seq > line_no {
-            return Ok(Err(Broken {
-                line: line_no + 1,
-                reason: format!(
-                    "missing: the trail ends at record {line_no} but {seq} were written"
-                ),
-            }));
-        }
-        if seq == line_no && hash != prev_hash {
-            return Ok(Err(Broken {
-                line: line_no,
-                reason: "altered: the last record no longer matches audit.head".into(),
-            }));
-        }
-    } else if line_no > 0 {
-        return Ok(Err(Broken {
-            line: line_no,
-            reason: format!("{} is missing or empty", head_path.display()),
-        }));
-    }
-    Ok(Ok(line_no))
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
@@ -432,5 +405,34 @@ mod tests {
         let broken = verify(&path).unwrap().unwrap_err();
         assert_eq!(broken.line, 2);
         assert!(broken.reason.contains("reordered"), "{}", broken.reason);
+    }
+
+    #[test]
+    fn concurrent_appends_share_syncs_and_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = std::sync::Arc::new(AuditLog::open(&path).unwrap());
+        let threads: Vec<_> = (1..=64)
+            .map(|i| {
+                let log = log.clone();
+                std::thread::spawn(move || log.append(entry(i), SystemTime::now()).unwrap())
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap().seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=64).collect::<Vec<_>>(),
+            "each appender got its own record"
+        );
+        assert_eq!(verify(&path).unwrap(), Ok(64));
+        let commits = log.commits();
+        assert!((1..=64).contains(&commits), "{commits} syncs");
+        // A second handle (another process, as `meshguard ca issue`) continues the same chain.
+        AuditLog::open(&path)
+            .unwrap()
+            .append(entry(65), SystemTime::now())
+            .unwrap();
+        assert_eq!(verify(&path).unwrap(), Ok(65));
     }
 }
