@@ -222,7 +222,7 @@ fn wait_ready(ns: &str) {
 fn apply_capture(ns: &str, config: &Path) {
     let config = meshguard_proxy::Config::load(config).unwrap();
     let spec = meshguard_proxy::iptables::CaptureSpec::from_config(&config, 0);
-    for rule in spec.install_rules() {
+    for rule in spec.install_rules(meshguard_proxy::iptables::Family::V4) {
         let mut args = vec!["iptables", "-w"];
         args.extend(rule.iter().map(String::as_str));
         let status = in_ns(ns, &args).output().unwrap();

@@ -531,13 +531,30 @@ fn open_decision_log(config: &DecisionLogConfig) -> Result<Arc<DecisionLog>, Pro
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ProxyError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProxyError::Bind {
-            addr,
-            what: what.to_owned(),
-            source,
-        })
+    bind_socket(addr).map_err(|source| ProxyError::Bind {
+        addr,
+        what: what.to_owned(),
+        source,
+    })
+}
+
+/// Binds like `TcpListener::bind`, except that an IPv6 listener is dual-stack whatever the host's
+/// `net.ipv6.bindv6only`: `[::]` then takes the IPv4 and the IPv6 connections that capture
+/// redirects to one port.
+fn bind_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 fn open_control_audit(

@@ -74,7 +74,7 @@ impl Transparent {
         mut conn: Connection,
     ) -> Connection {
         conn.record.local_id = Some(self.shared.local_id());
-        let listen = app.local_addr().ok();
+        let listen = app.local_addr().ok().map(original_dst::canonical);
         let dst = match original_dst::original_dst(&app) {
             Ok(dst) if Some(dst) != listen => dst,
             Ok(_) | Err(_) => {

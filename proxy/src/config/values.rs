@@ -171,6 +171,11 @@ impl Cidr {
     pub fn prefix_len(&self) -> u8 {
         self.0.prefix_len()
     }
+
+    /// Whether it is an IPv4 network (else IPv6).
+    pub fn is_ipv4(&self) -> bool {
+        matches!(self.0, IpNet::V4(_))
+    }
 }
 
 impl FromStr for Cidr {
