@@ -714,3 +714,75 @@ fn the_pin_can_come_from_the_environment() {
     );
     ok(with);
 }
+
+#[test]
+fn ca_revoke_records_the_revocation_and_needs_a_target_and_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let key = format!("file:{}", dir.path().join("root.key").display());
+    ok(meshguard(
+        None,
+        &[
+            "ca",
+            "init",
+            "--state",
+            s(&state),
+            "--trust-domain",
+            TD,
+            "--key",
+            &key,
+        ],
+    ));
+    let id = "spiffe://bank.example/ns/web/sa/frontend";
+    ok(meshguard(
+        None,
+        &[
+            "ca",
+            "issue",
+            "--state",
+            s(&state),
+            "--spiffe-id",
+            id,
+            "--out",
+            s(&dir.path().join("o")),
+        ],
+    ));
+    let no_reason = meshguard(
+        None,
+        &["ca", "revoke", "--state", s(&state), "--spiffe-id", id],
+    );
+    assert!(!no_reason.status.success());
+    let no_target = meshguard(
+        None,
+        &["ca", "revoke", "--state", s(&state), "--reason", "x"],
+    );
+    assert!(!no_target.status.success());
+    let out = ok(meshguard(
+        None,
+        &[
+            "ca",
+            "revoke",
+            "--state",
+            s(&state),
+            "--spiffe-id",
+            id,
+            "--reason",
+            "INC-11",
+        ],
+    ));
+    assert!(out.contains("revoked 1 certificate(s)"), "{out}");
+    let revoked = std::fs::read_to_string(state.join("revoked.json")).unwrap();
+    assert!(
+        revoked.contains(id) && revoked.contains("INC-11"),
+        "{revoked}"
+    );
+    let list = ok(meshguard(None, &["ca", "list", "--state", s(&state)]));
+    assert!(list.contains("revoke") && list.contains("INC-11"), "{list}");
+    assert!(
+        ok(meshguard(
+            None,
+            &["ca", "audit", "verify", "--state", s(&state)]
+        ))
+        .contains("intact")
+    );
+}

@@ -126,6 +126,13 @@ pub enum Refusal {
     BadDnsName(String),
     #[error("HSM unavailable: {0}")]
     HsmUnavailable(String),
+    #[error("{0}; the workload must bootstrap again with a new token from the operator")]
+    Revoked(String),
+    #[error(
+        "this SVID's renewal chain began at {started}, more than the CA's maximum of {max} ago; \
+         the workload must bootstrap again with a new token from the operator"
+    )]
+    ChainTooOld { started: String, max: String },
 }
 
 impl Refusal {
@@ -144,6 +151,8 @@ impl Refusal {
             Refusal::TtlTooLong { .. } => "ttl_too_long",
             Refusal::BadDnsName(_) => "bad_dns_name",
             Refusal::HsmUnavailable(_) => "hsm_unavailable",
+            Refusal::Revoked(_) => "revoked",
+            Refusal::ChainTooOld { .. } => "renewal_chain_too_old",
         }
     }
 }

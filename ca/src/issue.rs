@@ -27,6 +27,18 @@ pub const BACKDATE: Duration = Duration::from_secs(60);
 pub fn backdate_for(ttl: Duration) -> Duration {
     BACKDATE.min(ttl / 10)
 }
+/// When a certificate valid from `not_before` to `not_after` was issued: `not_before` plus the
+/// backdate [`backdate_for`] gave it (the inverse of `lifetime = ttl + min(BACKDATE, ttl / 10)`).
+pub fn issued_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let backdate = if lifetime >= BACKDATE * 11 {
+        BACKDATE
+    } else {
+        lifetime / 11
+    };
+    not_before + backdate
+}
+
 /// Default SVID lifetime (SPIRE's default too).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 

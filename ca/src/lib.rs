@@ -9,6 +9,8 @@
 //! - [`state`], [`tokens`]: the state directory and its config; one-time bootstrap tokens.
 //! - [`serve`]: the issuance API over HTTPS.
 //! - [`audit`]: the hash-chained audit trail and its verification.
+//! - [`revocation`]: the deny list (`ca revoke`, published to sidecars); [`lineage`]: renewal
+//!   chains and their maximum age.
 //! - [`error`]: [`CaError`], [`HsmFault`] and [`Refusal`].
 //! - [`secret`]: a wrapper that never prints PINs or tokens.
 
@@ -19,6 +21,8 @@ pub mod authority;
 pub mod error;
 pub mod issue;
 pub mod key;
+pub mod lineage;
+pub mod revocation;
 pub mod secret;
 pub mod serve;
 pub mod state;

@@ -21,9 +21,27 @@ pub struct CaConfig {
     pub default_ttl: String,
     /// Longest SVID lifetime the CA grants, e.g. `"24h"`.
     pub max_ttl: String,
+    /// Longest a chain of renewals may run from its bootstrap before the workload must bootstrap
+    /// again, e.g. `"30d"` (the default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_renewal_chain: Option<String>,
 }
 
+/// [`CaConfig::max_renewal_chain`] when the config does not say.
+pub const DEFAULT_MAX_RENEWAL_CHAIN: Duration = Duration::from_secs(30 * 24 * 3600);
+
 impl CaConfig {
+    /// The longest renewal chain, parsed.
+    pub fn max_renewal_chain(&self, path: &Path) -> Result<Duration, CaError> {
+        self.max_renewal_chain
+            .as_deref()
+            .map_or(Ok(DEFAULT_MAX_RENEWAL_CHAIN), parse_duration)
+            .map_err(|e| CaError::State {
+                path: path.to_owned(),
+                reason: format!("max_renewal_chain: {e}"),
+            })
+    }
+
     pub fn ttl_policy(&self, path: &Path) -> Result<TtlPolicy, CaError> {
         let bad = |reason: String| CaError::State {
             path: path.to_owned(),
@@ -64,6 +82,9 @@ impl StateDir {
     }
     pub fn tokens(&self) -> PathBuf {
         self.root.join("tokens")
+    }
+    pub fn revoked(&self) -> PathBuf {
+        self.root.join("revoked.json")
     }
     pub fn audit(&self) -> PathBuf {
         self.root.join("audit.log")

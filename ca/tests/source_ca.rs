@@ -15,6 +15,7 @@ use meshguard_ca::{Authority, InitOptions};
 use meshguard_identity::source::ca::{CaSource, CaSourceConfig};
 use meshguard_identity::source::{IdentitySource, StartOptions};
 use meshguard_identity::{SpiffeId, TrustDomain};
+use rustls_pki_types::pem::PemObject;
 use tokio::sync::oneshot;
 
 fn init(dir: &Path) {
@@ -152,6 +153,46 @@ async fn the_driver_starts_from_the_ca_and_a_used_token_is_refused_clearly() {
     let err = replay.fetch().await.unwrap_err().to_string();
     assert!(err.contains("token_used"), "{err}");
     drop(running);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+/// `ca revoke` reaches sidecars with their next renewal: the CA source fetches `/v1/revoked`
+/// with each SVID, and the credentials' bundle then refuses the revoked peer at the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_peer_is_refused_by_sidecars_after_their_next_renewal() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    let (addr, stop, task) = start_ca(dir.path(), "127.0.0.1:0").await;
+    let id = SpiffeId::parse("spiffe://bank.example/ns/ledger/sa/ledger").unwrap();
+    let mut source = source(dir.path(), addr, &id, "token");
+    let thief = SpiffeId::parse("spiffe://bank.example/ns/web/sa/frontend").unwrap();
+    let ca = Authority::open(&dir.path().join("state"), None).unwrap();
+    let (stolen, _key) = ca
+        .issue_local(&thief, &[], None, "test", SystemTime::now())
+        .unwrap();
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(stolen.pem().as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let now = meshguard_identity::unix_time(SystemTime::now());
+
+    let before = source.fetch().await.unwrap();
+    assert!(meshguard_identity::validate_svid(&chain, &before.bundles, now).is_ok());
+
+    meshguard_ca::revocation::revoke(
+        ca.state(),
+        ca.audit(),
+        &meshguard_ca::revocation::Target::Serial(stolen.serial.clone()),
+        "INC-9",
+        SystemTime::now(),
+    )
+    .unwrap();
+    let after = source.fetch().await.unwrap();
+    let refused = meshguard_identity::validate_svid(&chain, &after.bundles, now).unwrap_err();
+    assert_eq!(refused.label(), "revoked", "{refused}");
+    assert!(refused.to_string().contains(&stolen.serial), "{refused}");
+    // The sidecar's own renewed SVID is unaffected.
+    assert!(after.check(now).is_ok());
     stop.send(()).unwrap();
     task.await.unwrap();
 }

@@ -7,8 +7,9 @@
 //! A [`BundleSet`] keeps several trust domains apart: a peer is only ever checked against the
 //! bundle of its own trust domain, so a federated partner's CA can never vouch for our own IDs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -30,6 +31,9 @@ pub struct TrustBundle {
     anchors: Vec<TrustAnchor<'static>>,
     sequence: Option<u64>,
     refresh_hint: Option<u64>,
+    /// Serials (upper-case hex) of certificates this domain's CA revoked: refused although they
+    /// chain to a root. Published by the meshguard CA (`GET /v1/revoked`).
+    revoked: Arc<BTreeSet<String>>,
 }
 
 /// Bundles of several trust domains, kept apart (never merged into one root store).
@@ -68,6 +72,7 @@ impl TrustBundle {
             anchors,
             sequence: None,
             refresh_hint: None,
+            revoked: Arc::default(),
         })
     }
 
@@ -155,6 +160,27 @@ impl TrustBundle {
         self
     }
 
+    /// Replaces the revoked serials (hex, any case).
+    pub fn with_revoked(mut self, serials: impl IntoIterator<Item = String>) -> Self {
+        self.revoked = Arc::new(
+            serials
+                .into_iter()
+                .map(|s| s.trim().to_ascii_uppercase())
+                .collect(),
+        );
+        self
+    }
+
+    /// Whether the certificate with `serial` (upper-case hex) was revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.contains(serial)
+    }
+
+    /// How many serials are revoked.
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.len()
+    }
+
     /// Sets the bundle's `spiffe_refresh_hint` in seconds.
     pub fn with_refresh_hint(mut self, seconds: u64) -> Self {
         self.refresh_hint = Some(seconds);
@@ -190,6 +216,7 @@ impl fmt::Debug for TrustBundle {
             .field("roots", &self.roots.len())
             .field("sequence", &self.sequence)
             .field("refresh_hint", &self.refresh_hint)
+            .field("revoked", &self.revoked.len())
             .finish()
     }
 }
@@ -200,6 +227,7 @@ impl PartialEq for TrustBundle {
             && self.roots == other.roots
             && self.sequence == other.sequence
             && self.refresh_hint == other.refresh_hint
+            && self.revoked == other.revoked
     }
 }
 

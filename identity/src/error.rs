@@ -97,6 +97,10 @@ pub enum SvidError {
     },
     #[error("the private key does not match the public key of the leaf certificate of {presented}")]
     KeyMismatch { presented: SpiffeId },
+    #[error(
+        "the certificate {serial} of {presented} was revoked by its CA; the workload must get a new SVID (bootstrap again)"
+    )]
+    Revoked { presented: SpiffeId, serial: String },
 }
 
 impl SvidError {
@@ -120,6 +124,7 @@ impl SvidError {
             Self::KeyUsageNotCritical { .. } => "key_usage_not_critical",
             Self::EkuMissingServerOrClientAuth { .. } => "eku",
             Self::KeyMismatch { .. } => "key_mismatch",
+            Self::Revoked { .. } => "revoked",
         }
     }
 
@@ -132,6 +137,7 @@ impl SvidError {
             | Self::MultipleUriSans(_)
             | Self::NotSpiffeUri { .. } => None,
             Self::NoBundleForTrustDomain { presented, .. }
+            | Self::Revoked { presented, .. }
             | Self::Expired { presented, .. }
             | Self::NotYetValid { presented, .. }
             | Self::UnknownIssuer { presented }

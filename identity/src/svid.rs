@@ -218,6 +218,20 @@ pub fn validate_svid_parts(
     if let Err(reason) = verified {
         return Err(chain_error(id, reason));
     }
+    if bundle.revoked_count() > 0 {
+        let serial: String = cert
+            .serial
+            .to_bytes_be()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        if bundle.is_revoked(&serial) {
+            return Err(SvidError::Revoked {
+                presented: id,
+                serial,
+            });
+        }
+    }
     check_leaf_rules(&cert, id)
 }
 

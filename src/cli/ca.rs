@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use meshguard_ca::audit;
 use meshguard_ca::key::{KeyAlgorithm, KeyUri};
+use meshguard_ca::revocation::{self, Target};
 use meshguard_ca::serve::Limits;
 use meshguard_ca::state::parse_duration;
 use meshguard_ca::tokens::DEFAULT_TOKEN_TTL;
@@ -32,6 +33,9 @@ enum Command {
     },
     /// Serve the issuance API over TLS (bootstrap with a token, renew over mTLS, bundle).
     Serve(ServeArgs),
+    /// Revoke a certificate (--serial) or every certificate of an identity (--spiffe-id): the CA
+    /// refuses to renew it, and publishes it so sidecars refuse it too. Needs no HSM.
+    Revoke(RevokeArgs),
     /// Print the trust bundle.
     Bundle(BundleArgs),
     /// List what was issued and refused, from the audit trail.
@@ -43,6 +47,22 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "spiffe_id"])))]
+struct RevokeArgs {
+    #[arg(long)]
+    state: PathBuf,
+    /// The certificate's serial, hex as `openssl x509 -serial` and `meshguard ca list` print it.
+    #[arg(long)]
+    serial: Option<String>,
+    /// Every certificate of this SPIFFE ID issued until now.
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// Why (an incident number): recorded in the audit trail and the revocation list.
+    #[arg(long)]
+    reason: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -262,6 +282,34 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "pem" => print!("{}", ca.0),
                 "spiffe" => println!("{}", ca.1),
                 other => anyhow::bail!("unknown --format `{other}`; use pem or spiffe"),
+            }
+        }
+        Command::Revoke(a) => {
+            let state = meshguard_ca::state::StateDir::new(&a.state);
+            state.read_config()?;
+            let log = audit::AuditLog::open(&state.audit())?;
+            let target = match (&a.serial, &a.spiffe_id) {
+                (Some(serial), _) => Target::Serial(serial.clone()),
+                (None, Some(id)) => Target::SpiffeId(
+                    meshguard_identity::SpiffeId::parse(id)
+                        .map_err(|e| anyhow::anyhow!("--spiffe-id: {e}"))?,
+                ),
+                (None, None) => anyhow::bail!("give --serial or --spiffe-id"),
+            };
+            let serials = revocation::revoke(&state, &log, &target, &a.reason, SystemTime::now())?;
+            println!(
+                "revoked {} certificate(s){}",
+                serials.len(),
+                if serials.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", serials.join(", "))
+                }
+            );
+            if let Target::SpiffeId(id) = &target {
+                println!(
+                    "renewals of {id} issued before now are refused; a new bootstrap token gives it a fresh chain"
+                );
             }
         }
         Command::List(a) => {

@@ -36,6 +36,8 @@ pub enum Event {
     Renew,
     /// Offline issuance by the operator (`meshguard ca issue`).
     Issue,
+    /// The operator revoked a certificate or an identity (`meshguard ca revoke`).
+    Revoke,
 }
 
 /// The outcome of a request.
@@ -44,6 +46,8 @@ pub enum Event {
 pub enum Outcome {
     Issued,
     Refused,
+    /// A revocation was recorded.
+    Revoked,
 }
 
 /// One entry, before it is chained.
@@ -59,6 +63,13 @@ pub struct Entry {
     pub not_after: Option<String>,
     /// Why it was refused (`code: sentence`), or `None` when issued.
     pub reason: Option<String>,
+    /// A renewal: the serial of the certificate the caller presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_from: Option<String>,
+    /// An issued certificate: when its renewal chain began (the bootstrap or operator issuance
+    /// it descends from), RFC 3339. Renewals stop once it is older than the CA allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_start: Option<String>,
 }
 
 /// One line of the trail.
@@ -317,6 +328,8 @@ mod tests {
             not_after: Some("2026-01-01T00:00:00Z".into()),
             reason: (i.is_multiple_of(3))
                 .then(|| "token_used: the bootstrap token was already used".into()),
+            renewed_from: None,
+            chain_start: None,
         }
     }
 

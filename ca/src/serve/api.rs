@@ -78,6 +78,24 @@ pub(super) async fn handle(
                 text(StatusCode::OK, "application/x-pem-file", ca.bundle_pem())
             }
         }
+        (Method::GET, "/v1/revoked") => match ca.published_revocations() {
+            Ok(published) => match serde_json::to_string(&published) {
+                Ok(json) => text(StatusCode::OK, "application/json", json),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    &e.to_string(),
+                ),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the revocation list");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the CA cannot read its revocation list; see its log",
+                )
+            }
+        },
         (Method::POST, "/v1/sign") => {
             let body = match read_json::<SignRequest>(req, gate.limits.request_timeout).await {
                 Ok(body) => body,
@@ -109,15 +127,15 @@ pub(super) async fn handle(
             })
             .await
         }
-        (_, "/v1/bundle" | "/v1/sign" | "/v1/renew") => error(
+        (_, "/v1/bundle" | "/v1/revoked" | "/v1/sign" | "/v1/renew") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "use GET for /v1/bundle and POST for /v1/sign and /v1/renew",
+            "use GET for /v1/bundle and /v1/revoked, POST for /v1/sign and /v1/renew",
         ),
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "unknown path; the API serves /v1/sign, /v1/renew and /v1/bundle",
+            "unknown path; the API serves /v1/sign, /v1/renew, /v1/bundle and /v1/revoked",
         ),
     }
 }

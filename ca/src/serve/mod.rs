@@ -4,6 +4,7 @@
 //! - `POST /v1/sign` `{"token": "...", "csr": "PEM"}`: bootstrap with a one-time token.
 //! - `POST /v1/renew` `{"csr": "PEM"}`: renewal over mTLS with the current SVID, same ID only.
 //! - `GET /v1/bundle` (PEM) and `GET /v1/bundle?format=spiffe` (JWK Set).
+//! - `GET /v1/revoked`: `{"serials": [...]}`, the revoked certificates sidecars must refuse.
 //!
 //! Success: `{"spiffe_id", "serial", "not_after", "svid" (PEM chain, leaf first), "bundle" (PEM)}`.
 //! Errors: `{"error": "<sentence>", "code": "<code>"}`. Workload keys never travel: only CSRs.

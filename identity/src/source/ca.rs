@@ -73,6 +73,8 @@ pub struct CaSource {
     host: String,
     bundle: TrustBundle,
     current: Option<Credentials>,
+    /// The CA's revoked serials as last fetched; kept when a fetch fails.
+    revoked: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -90,6 +92,11 @@ struct RenewRequest<'a> {
 struct IssueResponse {
     svid: String,
     bundle: String,
+}
+
+#[derive(Deserialize)]
+struct RevokedResponse {
+    serials: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +154,7 @@ impl CaSource {
             host,
             bundle,
             current: None,
+            revoked: Vec::new(),
         })
     }
 
@@ -220,14 +228,14 @@ impl CaSource {
         let ca_id = SpiffeId::from_parts(&self.config.spiffe_id.trust_domain(), "/meshguard/ca")
             .map_err(|e| other(&self.config.url, e))?;
         let config = profile
-            .expect(ExpectedIdentities::exact([ca_id]))
+            .expect(ExpectedIdentities::exact([ca_id.clone()]))
             .with_alpn(["http/1.1"])
             .client_config()
             .map_err(|e| SourceError::Invalid {
                 source_name: self.name(),
                 source: Box::new(e),
             })?;
-        let exchange = post(config, &self.authority, &self.host, path, body);
+        let exchange = send(config, &self.authority, &self.host, path, Some(body));
         let (status, response) = tokio::time::timeout(self.config.timeout, exchange)
             .await
             .map_err(|_| SourceError::Timeout {
@@ -270,6 +278,16 @@ impl CaSource {
             issued.bundle.as_bytes(),
         )
         .unwrap_or_else(|_| self.bundle.clone());
+        // With every new SVID, the CA's revocations: peers holding a revoked SVID are refused
+        // from this rotation on, so within one renewal period of `ca revoke`.
+        match self.fetch_revoked(&bundle, &ca_id).await {
+            Ok(serials) => self.revoked = serials,
+            Err(reason) => tracing::warn!(
+                ca = %self.config.url, %reason, kept = self.revoked.len(),
+                "could not fetch the CA's revocations; keeping the last list"
+            ),
+        }
+        let bundle = bundle.with_revoked(self.revoked.iter().cloned());
         let creds = Credentials::new(svid, BundleSet::single(bundle.clone()));
         creds
             .check(unix_time(SystemTime::now()))
@@ -280,6 +298,31 @@ impl CaSource {
         self.bundle = bundle;
         self.current = Some(creds.clone());
         Ok(creds)
+    }
+}
+
+impl CaSource {
+    /// `GET /v1/revoked`, verifying the CA against `bundle`.
+    async fn fetch_revoked(
+        &self,
+        bundle: &TrustBundle,
+        ca_id: &SpiffeId,
+    ) -> Result<Vec<String>, String> {
+        let config = TlsProfile::without_identity(BundleSet::single(bundle.clone()))
+            .expect(ExpectedIdentities::exact([ca_id.clone()]))
+            .with_alpn(["http/1.1"])
+            .client_config()
+            .map_err(|e| e.to_string())?;
+        let request = send(config, &self.authority, &self.host, "/v1/revoked", None);
+        let (status, body) = tokio::time::timeout(self.config.timeout, request)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.config.timeout))??;
+        if status != StatusCode::OK {
+            return Err(format!("the CA answered HTTP {}", status.as_u16()));
+        }
+        serde_json::from_slice::<RevokedResponse>(&body)
+            .map(|r| r.serials)
+            .map_err(|e| format!("the CA's revocation list is not the expected JSON: {e}"))
     }
 }
 
@@ -303,14 +346,15 @@ impl IdentitySource for CaSource {
     }
 }
 
-/// One HTTP/1.1 POST over a fresh TLS connection; returns the status and the body (at most
-/// [`MAX_RESPONSE`] bytes). The error is a sentence for "cannot reach the CA: ...".
-async fn post(
+/// One HTTP/1.1 request over a fresh TLS connection, a JSON POST with `body` or else a GET;
+/// returns the status and the body (at most [`MAX_RESPONSE`] bytes). The error is a sentence
+/// for "cannot reach the CA: ...".
+async fn send(
     config: Arc<rustls::ClientConfig>,
     authority: &str,
     host: &str,
     path: &str,
-    body: &str,
+    body: Option<&str>,
 ) -> Result<(StatusCode, Bytes), String> {
     let server_name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(authority)
@@ -321,14 +365,18 @@ async fn post(
         .connect(server_name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let request = Request::builder()
-        .method(Method::POST)
+    let builder = Request::builder()
         .uri(path)
         .header(header::HOST, authority)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CONNECTION, "close")
-        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-        .map_err(|e| e.to_string())?;
+        .header(header::CONNECTION, "close");
+    let request = match body {
+        Some(body) => builder
+            .method(Method::POST)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes()))),
+        None => builder.method(Method::GET).body(Full::new(Bytes::new())),
+    }
+    .map_err(|e| e.to_string())?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| chain(&e))?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshguard_identity::{BundleSet, SpiffeId, TrustBundle, TrustDomain, unix_time, validate_svid};
+use meshguard_identity::{SpiffeId, TrustBundle, TrustDomain};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -13,9 +13,32 @@ use crate::audit::{AuditLog, Entry, Event, Outcome, timestamp};
 use crate::error::{CaError, Refusal};
 use crate::issue::{CaIssuer, Issued, TtlPolicy, parse_csr, pem_cert};
 use crate::key::{KeyAlgorithm, KeyKind, KeyUri, OpenOptions, open_key};
+use crate::lineage::Lineage;
+use crate::revocation::{Published, RevocationFile};
 use crate::secret::Secret;
-use crate::state::{CaConfig, StateDir, write_new};
+use crate::state::{CaConfig, DEFAULT_MAX_RENEWAL_CHAIN, StateDir, write_new};
 use crate::tokens::TokenStore;
+pub use renewal::ClientCert;
+
+mod renewal;
+
+/// Where an issued certificate comes from, for its audit record and the lineage index.
+struct Provenance {
+    /// A renewal: the presented certificate's serial.
+    renewed_from: Option<String>,
+    /// When the renewal chain began (RFC 3339).
+    chain_start: String,
+}
+
+impl Provenance {
+    /// A new chain (bootstrap, operator issuance).
+    fn fresh(now: SystemTime) -> Self {
+        Self {
+            renewed_from: None,
+            chain_start: timestamp(now),
+        }
+    }
+}
 
 /// What `meshguard ca init` is asked to set up.
 #[derive(Debug, Clone)]
@@ -40,15 +63,10 @@ pub struct Authority {
     bundle: TrustBundle,
     tokens: TokenStore,
     audit: AuditLog,
-}
-
-/// A client certificate as validated for renewals: its SPIFFE ID (or why it is not a valid SVID
-/// of this CA) and its expiry.
-#[derive(Debug, Clone)]
-pub struct ClientCert {
-    presented: String,
-    id: Result<SpiffeId, String>,
-    not_after: SystemTime,
+    revocations: RevocationFile,
+    lineage: Lineage,
+    /// Longest a chain of renewals may run from its bootstrap.
+    max_chain: Duration,
 }
 
 /// What `meshguard ca status` shows.
@@ -92,9 +110,17 @@ impl Authority {
             key: options.key.to_string(),
             default_ttl: format!("{}s", options.ttl.default_ttl.as_secs()),
             max_ttl: format!("{}s", options.ttl.max_ttl.as_secs()),
+            max_renewal_chain: None,
         })?;
         tracing::info!(state = %dir.display(), key = %key.location(), kind = %key.kind(), "initialised the CA");
-        Self::assemble(state, key, root, options.ttl, &options.trust_domain)
+        Self::assemble(
+            state,
+            key,
+            root,
+            options.ttl,
+            &options.trust_domain,
+            DEFAULT_MAX_RENEWAL_CHAIN,
+        )
     }
 
     /// Opens an initialised CA (the key must be reachable: for an HSM, its PIN too).
@@ -110,6 +136,7 @@ impl Authority {
             .map_err(|e| bad(format!("trust_domain: {e}")))?;
         let key_uri: KeyUri = config.key.parse()?;
         let ttl = config.ttl_policy(&config_path)?;
+        let max_chain = config.max_renewal_chain(&config_path)?;
         let key = open_key(
             &key_uri,
             &OpenOptions {
@@ -124,7 +151,7 @@ impl Authority {
             path: root_path,
             reason: format!("not a PEM certificate: {e}"),
         })?;
-        Self::assemble(state, key, root, ttl, &trust_domain)
+        Self::assemble(state, key, root, ttl, &trust_domain, max_chain)
     }
 
     fn assemble(
@@ -133,6 +160,7 @@ impl Authority {
         root: CertificateDer<'static>,
         ttl: TtlPolicy,
         trust_domain: &TrustDomain,
+        max_chain: Duration,
     ) -> Result<Self, CaError> {
         if key.kind() == KeyKind::SoftwareDevelopmentOnly {
             tracing::warn!(key = %key.location(), "this CA signs with a SOFTWARE KEY: DEVELOPMENT ONLY");
@@ -142,12 +170,17 @@ impl Authority {
         let issuer = CaIssuer::new(trust_domain.clone(), key, root, ttl)?;
         let audit = AuditLog::open(&state.audit())?;
         let tokens = TokenStore::new(state.tokens());
+        let lineage = Lineage::from_records(&audit.records()?);
+        let revocations = RevocationFile::new(state.revoked());
         Ok(Self {
             state,
             issuer,
             bundle,
             tokens,
             audit,
+            revocations,
+            lineage,
+            max_chain,
         })
     }
 
@@ -165,6 +198,11 @@ impl Authority {
     }
     pub fn audit_path(&self) -> PathBuf {
         self.state.audit()
+    }
+
+    /// The serials sidecars must refuse (`GET /v1/revoked`).
+    pub fn published_revocations(&self) -> Result<Published, CaError> {
+        Ok(self.revocations.current()?.published())
     }
 
     /// The trust bundle (the root) in PEM.
@@ -201,6 +239,7 @@ impl Authority {
             requester.to_owned(),
             Some(spiffe_id),
             now,
+            Provenance::fresh(now),
             || self.issuer.issue(&key, spiffe_id, dns, ttl, now),
         )?;
         Ok((issued, key))
@@ -249,6 +288,8 @@ impl Authority {
                 serial: None,
                 not_after: None,
                 reason: Some(format!("{}: {refusal}", refusal.code())),
+                renewed_from: None,
+                chain_start: None,
             },
             now,
         )?;
@@ -271,82 +312,23 @@ impl Authority {
         let requester = format!("token:{} from {peer}", TokenStore::tag_of(token));
         let parsed = parse_csr(csr);
         let asked = parsed.as_ref().ok().map(|c| c.spiffe_id.clone());
-        self.record(Event::Bootstrap, requester, asked.as_ref(), now, || {
-            let csr = parsed?;
-            let redeemed = self.tokens.redeem(token, &csr.spiffe_id, now)?;
-            let issued = self.issuer.issue_for_csr(&csr, None, now);
-            if issued.is_err() {
-                self.tokens.restore(&redeemed);
-            }
-            issued
-        })
-    }
-
-    /// Validates a client certificate chain once (per connection); renewals on that connection
-    /// then re-check only its expiry, not the whole chain.
-    pub fn client_cert(&self, chain: &[CertificateDer<'static>], now: SystemTime) -> ClientCert {
-        let presented = chain
-            .first()
-            .and_then(|leaf| meshguard_identity::spiffe_id_of(leaf).ok())
-            .map_or_else(
-                || "an unreadable certificate".to_owned(),
-                |id| id.to_string(),
-            );
-        let id = validate_svid(
-            chain,
-            &BundleSet::single(self.bundle.clone()),
-            unix_time(now),
-        )
-        .map_err(|e| e.to_string());
-        let not_after = chain
-            .first()
-            .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
-            .and_then(|(_, cert)| u64::try_from(cert.validity().not_after.timestamp()).ok())
-            .map_or(SystemTime::UNIX_EPOCH, |secs| {
-                SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-            });
-        ClientCert {
-            presented,
-            id,
-            not_after,
-        }
-    }
-
-    /// Renewal: the caller proved its current SVID over mTLS; the CSR must ask for that same ID.
-    pub fn renew(
-        &self,
-        client: Option<&ClientCert>,
-        csr: &[u8],
-        peer: &str,
-        now: SystemTime,
-    ) -> Result<Issued, CaError> {
-        let presented = client.map_or("no client certificate", |c| c.presented.as_str());
-        let requester = format!("mtls:{presented} from {peer}");
-        let parsed = parse_csr(csr);
-        let asked = parsed.as_ref().ok().map(|c| c.spiffe_id.clone());
-        self.record(Event::Renew, requester, asked.as_ref(), now, || {
-            let client = client.ok_or(Refusal::NoClientCertificate)?;
-            let current = client
-                .id
-                .clone()
-                .map_err(Refusal::InvalidClientCertificate)?;
-            if now > client.not_after {
-                return Err(Refusal::InvalidClientCertificate(format!(
-                    "it expired at {}",
-                    timestamp(client.not_after)
-                ))
-                .into());
-            }
-            let csr = parsed?;
-            if csr.spiffe_id != current {
-                return Err(Refusal::IdMismatch {
-                    requested: csr.spiffe_id.to_string(),
-                    allowed: current.to_string(),
+        let provenance = Provenance::fresh(now);
+        self.record(
+            Event::Bootstrap,
+            requester,
+            asked.as_ref(),
+            now,
+            provenance,
+            || {
+                let csr = parsed?;
+                let redeemed = self.tokens.redeem(token, &csr.spiffe_id, now)?;
+                let issued = self.issuer.issue_for_csr(&csr, None, now);
+                if issued.is_err() {
+                    self.tokens.restore(&redeemed);
                 }
-                .into());
-            }
-            self.issuer.issue_for_csr(&csr, None, now)
-        })
+                issued
+            },
+        )
     }
 
     /// Runs an issuance and writes its outcome to the audit trail. HSM faults become refusals
@@ -357,6 +339,7 @@ impl Authority {
         requester: String,
         spiffe_id: Option<&SpiffeId>,
         now: SystemTime,
+        provenance: Provenance,
         issue: impl FnOnce() -> Result<Issued, CaError>,
     ) -> Result<Issued, CaError> {
         let result = issue().map_err(|e| match e {
@@ -374,6 +357,8 @@ impl Authority {
                 serial: Some(issued.serial.clone()),
                 not_after: Some(timestamp(issued.not_after)),
                 reason: None,
+                renewed_from: provenance.renewed_from.clone(),
+                chain_start: Some(provenance.chain_start.clone()),
             },
             Err(CaError::Refused(refusal)) => Entry {
                 event,
@@ -383,6 +368,8 @@ impl Authority {
                 serial: None,
                 not_after: None,
                 reason: Some(format!("{}: {refusal}", refusal.code())),
+                renewed_from: provenance.renewed_from.clone(),
+                chain_start: None,
             },
             Err(other) => Entry {
                 event,
@@ -392,9 +379,15 @@ impl Authority {
                 serial: None,
                 not_after: None,
                 reason: Some(format!("internal: {other}")),
+                renewed_from: provenance.renewed_from.clone(),
+                chain_start: None,
             },
         };
         self.audit.append(entry, now)?;
+        if let Ok(issued) = &result {
+            self.lineage
+                .insert(issued.serial.clone(), provenance.chain_start);
+        }
         match &result {
             Ok(issued) => tracing::info!(
                 spiffe_id = %issued.spiffe_id, serial = %issued.serial, ?event,
@@ -434,7 +427,10 @@ impl Authority {
             root_not_after: root.validity().not_after.to_string(),
             ttl: self.issuer.ttl(),
             issued,
-            refused: records.len() - issued,
+            refused: records
+                .iter()
+                .filter(|r| r.entry.outcome == Outcome::Refused)
+                .count(),
         })
     }
 }
