@@ -144,6 +144,18 @@ pub fn new_decision_id() -> String {
     )
 }
 
+/// What a full channel does to the next line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// The caller waits until the writer has room: no decision is lost, and a stalled disk
+    /// stalls the requests that produce decisions (the default for this log).
+    #[default]
+    Block,
+    /// The line is dropped and counted: requests never wait on the log.
+    Drop,
+}
+
 enum Sink {
     Writer(Mutex<Box<dyn Write + Send>>),
     Channel(SyncSender<String>),
@@ -155,6 +167,9 @@ pub struct DecisionLog {
     redact: Vec<String>,
     written: AtomicU64,
     dropped: AtomicU64,
+    on_full: OnFull,
+    /// Told about every dropped line (the proxy counts it in a metric and logs it).
+    on_drop: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for DecisionLog {
@@ -163,6 +178,7 @@ impl std::fmt::Debug for DecisionLog {
             .field("redact", &self.redact)
             .field("written", &self.written())
             .field("dropped", &self.dropped())
+            .field("on_full", &self.on_full)
             .finish_non_exhaustive()
     }
 }
@@ -185,7 +201,23 @@ impl DecisionLog {
             redact: redact.iter().map(|r| r.to_ascii_lowercase()).collect(),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            on_full: OnFull::default(),
+            on_drop: None,
         }
+    }
+
+    /// Sets what a full channel does ([`OnFull::Block`] unless changed).
+    #[must_use]
+    pub fn with_on_full(mut self, on_full: OnFull) -> Self {
+        self.on_full = on_full;
+        self
+    }
+
+    /// Calls `on_drop` for every line lost.
+    #[must_use]
+    pub fn with_on_drop(mut self, on_drop: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_drop = Some(Box::new(on_drop));
+        self
     }
 
     /// Logs `decision` if it is one the log keeps ([`Decision::should_log`]); returns whether a
@@ -201,11 +233,18 @@ impl DecisionLog {
                 .is_ok_and(|mut w| writeln!(w, "{line}").and_then(|()| w.flush()).is_ok()),
             Sink::Channel(tx) => match tx.try_send(line) {
                 Ok(()) => true,
+                // The writer is a thread of its own, so waiting here cannot stop it draining.
+                Err(TrySendError::Full(line)) if self.on_full == OnFull::Block => {
+                    tx.send(line).is_ok()
+                }
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
             },
         };
         let counter = if ok { &self.written } else { &self.dropped };
         counter.fetch_add(1, Ordering::Relaxed);
+        if !ok && let Some(on_drop) = &self.on_drop {
+            on_drop();
+        }
         ok
     }
 
@@ -292,13 +331,55 @@ mod tests {
     }
 
     #[test]
-    fn a_full_channel_drops_and_counts() {
+    fn a_full_channel_drops_and_counts_when_told_to_drop() {
         let (log, rx) = DecisionLog::channel(1, &[]);
+        let drops = Arc::new(AtomicU64::new(0));
+        let seen = drops.clone();
+        let log = log.with_on_full(OnFull::Drop).with_on_drop(move || {
+            seen.fetch_add(1, Ordering::Relaxed);
+        });
         let req = Request::connection("2026-11-23T10:00:00Z".parse().unwrap());
         let d = set().evaluate(&req);
         assert!(log.record(&req, &d, 1));
         assert!(!log.record(&req, &d, 1));
         assert_eq!((log.written(), log.dropped()), (1, 1));
+        assert_eq!(drops.load(Ordering::Relaxed), 1, "the drop is reported");
         assert!(rx.recv().unwrap().contains("\"outcome\":\"deny\""));
+    }
+
+    #[test]
+    fn by_default_a_full_channel_waits_for_a_slow_writer_and_loses_nothing() {
+        let (log, rx) = DecisionLog::channel(2, &[]);
+        let writer = std::thread::spawn(move || {
+            let mut lines = 0;
+            while let Ok(_line) = rx.recv() {
+                // A slow disk.
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                lines += 1;
+            }
+            lines
+        });
+        let req = Request::connection("2026-11-23T10:00:00Z".parse().unwrap());
+        let d = set().evaluate(&req);
+        for _ in 0..300 {
+            assert!(log.record(&req, &d, 1));
+        }
+        assert_eq!((log.written(), log.dropped()), (300, 0));
+        drop(log);
+        assert_eq!(writer.join().unwrap(), 300);
+    }
+
+    #[test]
+    fn on_full_is_block_or_drop() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            on_full: OnFull,
+        }
+        let parse = |v: &str| toml::from_str::<T>(&format!("on_full = \"{v}\"")).map(|t| t.on_full);
+        assert_eq!(parse("block").unwrap(), OnFull::Block);
+        assert_eq!(parse("drop").unwrap(), OnFull::Drop);
+        let error = parse("sometimes").unwrap_err().to_string();
+        assert!(error.contains("block") && error.contains("drop"), "{error}");
+        assert_eq!(OnFull::default(), OnFull::Block);
     }
 }

@@ -1,14 +1,20 @@
 //! The access log: one JSON line per connection.
 //!
-//! Connection tasks hand a finished [`ConnectionRecord`] to [`AccessLog::record`], which never
-//! waits: the record goes into a bounded queue drained by one writer task that encodes and writes
-//! the lines. When the queue is full (the disk is slower than the traffic) the record is dropped and
-//! counted in `meshguard_access_log_dropped_total`, so the data path never waits on the disk.
+//! Connection tasks hand a finished [`ConnectionRecord`] to [`AccessLog::record`]: the record goes
+//! into a bounded queue drained by one writer task that encodes and writes the lines. When the
+//! queue is full (the disk is slower than the traffic), `on_full` decides: `drop` (the default
+//! here) drops the record, so the data path never waits on the disk; `block` makes the caller
+//! wait for room, so no line is lost. Every drop is counted in
+//! `meshguard_access_log_dropped_total` and logged (at most once a second, with the count).
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub use meshguard_policy::decision_log::OnFull;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
@@ -175,11 +181,51 @@ fn rfc3339<S: serde::Serializer>(time: &jiff::Timestamp, out: S) -> Result<S::Ok
     out.collect_str(time)
 }
 
-/// The sending side of the access log; cheap to clone, never blocks.
+/// The sending side of the access log; cheap to clone. Waits only under [`OnFull::Block`].
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     queue: mpsc::Sender<ConnectionRecord>,
     dropped: Counter,
+    on_full: OnFull,
+    drop_warnings: Arc<DropWarnings>,
+}
+
+/// Logs lost lines at most once a second, with how many were lost since the last message.
+#[derive(Debug, Default)]
+pub struct DropWarnings {
+    last: Mutex<Option<(Instant, u64)>>,
+}
+
+impl DropWarnings {
+    /// Notes one lost line of `log`: the first is logged at once, later ones at most once a
+    /// second with how many were lost since the last message (the counter has the exact total).
+    pub fn dropped(&self, log: &str) {
+        let Ok(mut state) = self.last.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let warn = |lost: u64| {
+            tracing::warn!(
+                log,
+                lost,
+                "the {log} writer fell behind and lines were lost; raise `queue` or set `on_full = \"block\"`"
+            );
+        };
+        match &mut *state {
+            None => {
+                warn(1);
+                *state = Some((now, 0));
+            }
+            Some((since, count)) => {
+                *count += 1;
+                if now.duration_since(*since) >= std::time::Duration::from_secs(1) {
+                    warn(*count);
+                    *since = now;
+                    *count = 0;
+                }
+            }
+        }
+    }
 }
 
 // === impl AccessLog ===
@@ -219,13 +265,63 @@ impl AccessLog {
     {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let task = tokio::spawn(write_lines(rx, out));
-        (Self { queue: tx, dropped }, task)
+        let log = Self {
+            queue: tx,
+            dropped,
+            on_full: OnFull::Drop,
+            drop_warnings: Arc::default(),
+        };
+        (log, task)
     }
 
-    /// Queues a record; when the queue is full the record is dropped and counted.
+    /// Sets what a full queue does ([`OnFull::Drop`] unless changed).
+    #[must_use]
+    pub fn with_on_full(mut self, on_full: OnFull) -> Self {
+        self.on_full = on_full;
+        self
+    }
+
+    /// Queues a record. A full queue drops it (counted, logged) or, under [`OnFull::Block`],
+    /// waits for room.
     pub fn record(&self, record: ConnectionRecord) {
-        if self.queue.try_send(record).is_err() {
+        let queued = match self.queue.try_send(record) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(record)) if self.on_full == OnFull::Block => {
+                self.wait_for_room(record)
+            }
+            Err(_) => false,
+        };
+        if !queued {
             self.dropped.inc();
+            self.drop_warnings.dropped("access log");
+        }
+    }
+
+    /// Waits for room without stopping the writer: a multi-threaded runtime hands this worker's
+    /// other tasks to another thread while it waits (`block_in_place`); outside a runtime the
+    /// thread simply waits; a current-thread runtime (which could not run the writer while this
+    /// thread waits) parks the record in a task of its own instead.
+    fn wait_for_room(&self, record: ConnectionRecord) -> bool {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Err(_) => self.queue.blocking_send(record).is_ok(),
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| handle.block_on(self.queue.send(record)).is_ok())
+            }
+            Ok(handle) => {
+                let (queue, dropped, warnings) = (
+                    self.queue.clone(),
+                    self.dropped.clone(),
+                    self.drop_warnings.clone(),
+                );
+                handle.spawn(async move {
+                    if queue.send(record).await.is_err() {
+                        dropped.inc();
+                        warnings.dropped("access log");
+                    }
+                });
+                true
+            }
         }
     }
 
@@ -391,6 +487,33 @@ mod tests {
         }
         assert!(dropped.get() >= 1000 - 4 - 1, "dropped {}", dropped.get());
         assert_eq!(log.dropped(), dropped.get());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_on_full_block_a_slow_writer_loses_nothing() {
+        let (sink, source) = tokio::io::duplex(64);
+        let dropped = Counter::default();
+        let (log, task) = AccessLog::with_writer(sink, 4, dropped.clone());
+        let log = log.with_on_full(OnFull::Block);
+        // A slow disk: the reader takes the lines a few bytes at a time.
+        let reader = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(source).lines();
+            let mut n = 0u64;
+            while let Ok(Some(_line)) = lines.next_line().await {
+                n += 1;
+                if n.is_multiple_of(100) {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+            n
+        });
+        for n in 0..1000 {
+            log.record(record(n));
+        }
+        drop(log);
+        task.await.unwrap();
+        assert_eq!(reader.await.unwrap(), 1000);
+        assert_eq!(dropped.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]

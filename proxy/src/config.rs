@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use meshguard_policy::decision_log::OnFull;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -189,9 +190,17 @@ pub struct AccessLogConfig {
     /// A file (appended to), or `-` for stdout.
     #[serde(default = "default_access_log_path")]
     pub path: PathBuf,
-    /// Lines held in memory while the writer catches up; beyond it lines are dropped and counted.
+    /// Lines held in memory while the writer catches up.
     #[serde(default = "default_access_log_queue")]
     pub queue: usize,
+    /// A full queue: `drop` (default: connections never wait; dropped lines are counted and
+    /// logged) or `block` (the connection's end waits for room; no line is lost).
+    #[serde(default = "default_access_log_on_full")]
+    pub on_full: OnFull,
+}
+
+fn default_access_log_on_full() -> OnFull {
+    OnFull::Drop
 }
 
 fn default_access_log_path() -> PathBuf {
@@ -207,6 +216,7 @@ impl Default for AccessLogConfig {
         Self {
             path: default_access_log_path(),
             queue: default_access_log_queue(),
+            on_full: default_access_log_on_full(),
         }
     }
 }
@@ -218,9 +228,13 @@ impl Default for AccessLogConfig {
 pub struct DecisionLogConfig {
     /// A file (appended to).
     pub path: PathBuf,
-    /// Lines held in memory while the writer catches up; beyond it lines are dropped and counted.
+    /// Lines held in memory while the writer catches up.
     #[serde(default = "default_access_log_queue")]
     pub queue: usize,
+    /// A full queue: `block` (default: the request waits for room, no decision is lost) or
+    /// `drop` (counted in `meshguard_decision_log_dropped_total` and logged).
+    #[serde(default)]
+    pub on_full: OnFull,
     /// Header names whose values are redacted in the input summary.
     #[serde(default)]
     pub redact_headers: Vec<String>,

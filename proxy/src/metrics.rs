@@ -75,6 +75,8 @@ pub struct Metrics {
     pub cert_expiry: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter<u64, AtomicU64>,
+    /// Decision-log lines dropped (`on_full = "drop"`, or the writer gone).
+    pub decision_log_dropped: Counter<u64, AtomicU64>,
     /// Per-request HTTP metrics.
     pub http: crate::http::metrics::HttpMetrics,
     /// Lockout blocks (active, started, refusals).
@@ -122,6 +124,7 @@ impl Metrics {
             refused_over_limit: Family::default(),
             cert_expiry: Gauge::default(),
             access_log_dropped: Counter::default(),
+            decision_log_dropped: Counter::default(),
             http: crate::http::metrics::HttpMetrics::default(),
             lockout: crate::lockout::LockoutMetrics::default(),
             registry: Registry::default(),
@@ -175,6 +178,11 @@ impl Metrics {
             "access_log_dropped",
             "Access-log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
+        );
+        registry.register(
+            "decision_log_dropped",
+            "Decision-log lines dropped (on_full = \"drop\", or the writer failed)",
+            m.decision_log_dropped.clone(),
         );
         m.http.register(&mut registry);
         m.lockout.register(&mut registry);
@@ -277,6 +285,7 @@ mod tests {
         inbound.decided("payments-write", "allow");
         metrics.cert_expiry.set(1_800_000_000);
         metrics.access_log_dropped.inc();
+        metrics.decision_log_dropped.inc();
         let text = metrics.encode();
         for expected in [
             "meshguard_connections_opened_total{listener=\"inbound:a\",direction=\"inbound\"} 1",
@@ -287,6 +296,7 @@ mod tests {
             "meshguard_authz_decisions_total{listener=\"inbound:a\",policy=\"payments-write\",outcome=\"allow\"} 1",
             "meshguard_certificate_expiry_timestamp_seconds 1800000000",
             "meshguard_access_log_dropped_total 1",
+            "meshguard_decision_log_dropped_total 1",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }

@@ -147,6 +147,7 @@ pub async fn start(
     )
     .await
     .map_err(ProxyError::AccessLog)?;
+    let access_log = access_log.with_on_full(config.access_log.on_full);
     let (stop, stopped) = watch::channel(false);
     let stopped_admin = stopped.clone();
     let readiness = Arc::new(Readiness::default());
@@ -235,7 +236,10 @@ pub async fn start(
         .server_config()?;
     let http_settings = Arc::new(config.http.settings());
     let decision_log = match &config.decision_log {
-        Some(log) => Some(open_decision_log(log)?),
+        Some(log) => Some(open_decision_log(
+            log,
+            metrics.decision_log_dropped.clone(),
+        )?),
         None => None,
     };
     let mut inbound_addrs = Vec::new();
@@ -496,7 +500,10 @@ async fn start_identity(config: &IdentitySourceConfig) -> Result<RunningIdentity
 
 /// Opens the decision log; a background thread appends the policy crate's lines to the file and
 /// ends when the last sender (the authorizers) is dropped.
-fn open_decision_log(config: &DecisionLogConfig) -> Result<Arc<DecisionLog>, ProxyError> {
+fn open_decision_log(
+    config: &DecisionLogConfig,
+    dropped: prometheus_client::metrics::counter::Counter,
+) -> Result<Arc<DecisionLog>, ProxyError> {
     use std::io::Write as _;
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -510,6 +517,11 @@ fn open_decision_log(config: &DecisionLogConfig) -> Result<Arc<DecisionLog>, Pro
         })?;
     let redact: Vec<&str> = config.redact_headers.iter().map(String::as_str).collect();
     let (log, lines) = DecisionLog::channel(config.queue.max(1), &redact);
+    let warnings = crate::access_log::DropWarnings::default();
+    let log = log.with_on_full(config.on_full).with_on_drop(move || {
+        dropped.inc();
+        warnings.dropped("decision log");
+    });
     let path = config.path.clone();
     std::thread::Builder::new()
         .name("meshguard-decision-log".into())

@@ -161,3 +161,25 @@ fn the_redacted_json_shows_paths_not_contents() {
     assert_eq!(json["inbound"][0]["forward_to"], "127.0.0.1:8080");
     assert_eq!(json["identity"]["files"]["key"], "/etc/meshguard/svid.key");
 }
+
+#[test]
+fn log_overflow_is_explicit_drop_for_access_block_for_decisions() {
+    let config = parse(&format!("{GOOD}[decision_log]\npath = \"decisions.log\"\n")).unwrap();
+    assert_eq!(config.access_log.on_full, OnFull::Drop);
+    assert_eq!(config.decision_log.unwrap().on_full, OnFull::Block);
+    let text = GOOD.replace(
+        "path = \"access.log\"",
+        "path = \"access.log\"\non_full = \"block\"",
+    );
+    assert_eq!(parse(&text).unwrap().access_log.on_full, OnFull::Block);
+    let text = GOOD.replace(
+        "path = \"access.log\"",
+        "path = \"access.log\"\non_full = \"sometimes\"",
+    );
+    let (line, _, message) = error_at(&text);
+    assert_eq!(line, 8, "{message}");
+    assert!(
+        message.contains("block") && message.contains("drop"),
+        "{message}"
+    );
+}
