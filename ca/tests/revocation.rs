@@ -4,15 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use meshguard_ca::audit::{Event, Outcome};
 use meshguard_ca::issue::TtlPolicy;
-use meshguard_ca::key::KeyAlgorithm;
 use meshguard_ca::revocation::{Target, revoke};
 use meshguard_ca::{Authority, CaError, InitOptions, Refusal};
-use meshguard_identity::{SpiffeId, TrustDomain};
+use meshguard_identity::SpiffeId;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -23,19 +24,12 @@ fn init(dir: &Path, extra_config: &str) -> Authority {
     Authority::init(
         &state,
         InitOptions {
-            trust_domain: TrustDomain::parse("bank.example").unwrap(),
-            key: format!("file:{}", dir.join("root.key").display())
-                .parse()
-                .unwrap(),
-            algorithm: KeyAlgorithm::EcdsaP256,
-            use_existing_key: false,
             root_ttl: Duration::from_secs(30 * 86400),
-            root_spiffe_id: None,
             ttl: TtlPolicy {
                 default_ttl: Duration::from_secs(3 * 3600),
                 max_ttl: Duration::from_secs(24 * 3600),
             },
-            pin_from_env: None,
+            ..support::software_ca_options(dir)
         },
         SystemTime::now() - Duration::from_secs(86400),
     )

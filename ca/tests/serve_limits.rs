@@ -4,16 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
+mod support;
+
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use meshguard_ca::issue::TtlPolicy;
-use meshguard_ca::key::KeyAlgorithm;
+use meshguard_ca::Authority;
 use meshguard_ca::serve::{Counters, Limits, Server};
-use meshguard_ca::{Authority, InitOptions};
-use meshguard_identity::TrustDomain;
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,18 +30,7 @@ async fn start(limits: Limits) -> Ca {
     let state = dir.path().join("state");
     let ca = Authority::init(
         &state,
-        InitOptions {
-            trust_domain: TrustDomain::parse("bank.example").unwrap(),
-            key: format!("file:{}", dir.path().join("root.key").display())
-                .parse()
-                .unwrap(),
-            algorithm: KeyAlgorithm::EcdsaP256,
-            use_existing_key: false,
-            root_ttl: Duration::from_secs(86400),
-            root_spiffe_id: None,
-            ttl: TtlPolicy::default(),
-            pin_from_env: None,
-        },
+        support::software_ca_options(dir.path()),
         SystemTime::now(),
     )
     .unwrap();

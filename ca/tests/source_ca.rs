@@ -4,35 +4,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use meshguard_ca::issue::TtlPolicy;
-use meshguard_ca::key::KeyAlgorithm;
+use meshguard_ca::Authority;
 use meshguard_ca::serve::Server;
-use meshguard_ca::{Authority, InitOptions};
+use meshguard_identity::SpiffeId;
 use meshguard_identity::source::ca::{CaSource, CaSourceConfig};
 use meshguard_identity::source::{IdentitySource, StartOptions};
-use meshguard_identity::{SpiffeId, TrustDomain};
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::oneshot;
 
 fn init(dir: &Path) {
     Authority::init(
         &dir.join("state"),
-        InitOptions {
-            trust_domain: TrustDomain::parse("bank.example").unwrap(),
-            key: format!("file:{}", dir.join("root.key").display())
-                .parse()
-                .unwrap(),
-            algorithm: KeyAlgorithm::EcdsaP256,
-            use_existing_key: false,
-            root_ttl: Duration::from_secs(86400),
-            root_spiffe_id: None,
-            ttl: TtlPolicy::default(),
-            pin_from_env: None,
-        },
+        support::software_ca_options(dir),
         SystemTime::now(),
     )
     .unwrap();

@@ -129,3 +129,20 @@ pub fn logout_everyone(uri: &meshguard_ca::key::Pkcs11Uri) {
         }
     }
 }
+
+/// A development CA for `bank.example` with its root key in `dir/root.key` (software key: the
+/// HSM path is covered by the HSM tests) and default lifetimes; change fields as a test needs.
+pub fn software_ca_options(dir: &Path) -> meshguard_ca::InitOptions {
+    meshguard_ca::InitOptions {
+        trust_domain: meshguard_identity::TrustDomain::parse("bank.example").unwrap(),
+        key: format!("file:{}", dir.join("root.key").display())
+            .parse()
+            .unwrap(),
+        algorithm: meshguard_ca::key::KeyAlgorithm::EcdsaP256,
+        use_existing_key: false,
+        root_ttl: std::time::Duration::from_secs(86400),
+        root_spiffe_id: None,
+        ttl: meshguard_ca::issue::TtlPolicy::default(),
+        pin_from_env: None,
+    }
+}
