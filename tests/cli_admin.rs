@@ -8,26 +8,17 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use meshguard_identity::test_ca::{SvidSpec, TestCa};
+use support::Proc;
 use support::netns::{Netns, require_or_skip};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshguard");
 const POD: &str = "10.231.0.1";
 const NEIGHBOUR: &str = "10.231.0.2";
 const PAYMENTS: &str = "spiffe://bank.example/ns/payments/sa/payments";
-
-/// Kills the child on drop, so a failing test leaves no proxy behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `curl` from the neighbour: the status code and the body.
 fn curl_from(ns: &Netns, method: &str, url: &str) -> (u16, String) {

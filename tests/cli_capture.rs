@@ -7,12 +7,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use meshguard_identity::test_ca::{SvidSpec, TestCa};
 use support::netns::{self, Netns};
+use support::{Proc, wait_for_log_line, wait_sidecar_ready};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshguard");
 const TD: &str = "bank.example";
@@ -22,16 +22,6 @@ const NEIGHBOUR_V4: &str = "198.18.0.1";
 const NEIGHBOUR_V6: &str = "fd00:6d67::1";
 const APP_PORT: &str = "8080";
 const NEIGHBOUR_PORT: &str = "9000";
-
-/// Kills the child on drop, before its namespace goes.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// An echo server on every IPv4 and IPv6 address of its namespace.
 fn echo(ns: &Netns, port: &str) -> Proc {
@@ -89,42 +79,6 @@ fn wait_reachable(ns: &Netns, host: &str, port: &str) {
     }
 }
 
-fn wait_ready(ns: &Netns) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = ns
-            .command(&["curl", "-s", "http://127.0.0.1:15000/ready"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&out.stdout).starts_with("ready") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the sidecar never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The first access-log line that `pred` accepts, waiting for it to be written.
-fn log_line(path: &Path, pred: &dyn Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .find(|l| pred(l))
-        {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no matching line in {}:\n{text}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn capture_covers_ipv4_and_ipv6_inbound_and_outbound() {
     let test = "capture_covers_ipv4_and_ipv6_inbound_and_outbound";
@@ -171,7 +125,7 @@ fn capture_covers_ipv4_and_ipv6_inbound_and_outbound() {
             .spawn()
             .unwrap(),
     );
-    wait_ready(&pod);
+    wait_sidecar_ready(&pod);
     // Before capture, each side reaches the other's app over both families: the setup works.
     for (from, to, port) in [
         (&neighbour, POD_V4, APP_PORT),
@@ -209,7 +163,7 @@ fn capture_covers_ipv4_and_ipv6_inbound_and_outbound() {
             "a plain connection from the neighbour to {pod_addr} reached the app: {reply:?}\n{}",
             sidecar_log()
         );
-        let line = log_line(&access_log, &|l| {
+        let line = wait_for_log_line(&access_log, &|l| {
             l["direction"] == "inbound"
                 && l["source_addr"]
                     .as_str()
@@ -226,7 +180,7 @@ fn capture_covers_ipv4_and_ipv6_inbound_and_outbound() {
             "the app's plain dial to {neighbour_addr} left the pod uncaptured: {reply:?}\n{}",
             sidecar_log()
         );
-        let line = log_line(&access_log, &|l| {
+        let line = wait_for_log_line(&access_log, &|l| {
             l["direction"] == "transparent"
                 && l["original_dst"]
                     .as_str()

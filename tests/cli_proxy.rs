@@ -12,18 +12,11 @@ use meshguard_identity::test_ca::{SvidSpec, TestCa};
 
 mod support;
 
+use support::netns::Netns;
+use support::{Proc, wait_for_log_line, wait_sidecar_ready};
+
 const BIN: &str = env!("CARGO_BIN_EXE_meshguard");
 const TD: &str = "bank.example";
-
-/// Kills the child on drop, so a failing test leaves no proxy behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn write_identity(ca: &TestCa, dir: &Path, path: &str) -> String {
     let svid = ca.issue_with(&SvidSpec::new(path));
@@ -171,61 +164,13 @@ fn a_broken_config_is_reported_with_file_line_and_column() {
 
 // === transparent capture in network namespaces ===
 
-/// Network namespaces and processes of one test run, removed on drop even when the test fails.
-struct Netns {
-    names: Vec<String>,
-    procs: Vec<Proc>,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        self.procs.clear();
-        for name in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) {
-    let output = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        output.status.success(),
-        "`{}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> Command {
-    let mut command = Command::new("ip");
-    command.args(["netns", "exec", ns]).args(args);
-    command
-}
-
-fn wait_ready(ns: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = in_ns(ns, &["curl", "-s", "http://127.0.0.1:15000/ready"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&out.stdout).starts_with("ready") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sidecar in {ns} never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn apply_capture(ns: &str, config: &Path) {
+fn apply_capture(ns: &Netns, config: &Path) {
     let config = meshguard_proxy::Config::load(config).unwrap();
     let spec = meshguard_proxy::iptables::CaptureSpec::from_config(&config, 0);
     for rule in spec.install_rules(meshguard_proxy::iptables::Family::V4) {
         let mut args = vec!["iptables", "-w"];
         args.extend(rule.iter().map(String::as_str));
-        let status = in_ns(ns, &args).output().unwrap();
+        let status = ns.command(&args).output().unwrap();
         assert!(
             status.status.success(),
             "iptables {rule:?}: {}",
@@ -242,43 +187,10 @@ fn transparent_capture_carries_an_unchanged_dial_through_two_sidecars() {
     ) {
         return;
     }
-    let id = std::process::id() % 100_000;
-    let (client_ns, server_ns) = (format!("mgc{id}"), format!("mgs{id}"));
-    let mut net = Netns {
-        names: vec![client_ns.clone(), server_ns.clone()],
-        procs: Vec::new(),
-    };
-    for ns in &net.names {
-        sh(&["ip", "netns", "add", ns]);
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    }
-    let (veth_c, veth_s) = (format!("vc{id}"), format!("vs{id}"));
-    sh(&[
-        "ip", "link", "add", &veth_c, "netns", &client_ns, "type", "veth", "peer", "name", &veth_s,
-        "netns", &server_ns,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &client_ns,
-        "addr",
-        "add",
-        "10.203.0.1/24",
-        "dev",
-        &veth_c,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &server_ns,
-        "addr",
-        "add",
-        "10.203.0.2/24",
-        "dev",
-        &veth_s,
-    ]);
-    sh(&["ip", "-n", &client_ns, "link", "set", &veth_c, "up"]);
-    sh(&["ip", "-n", &server_ns, "link", "set", &veth_s, "up"]);
+    let (client_ns, server_ns) = (Netns::new("mgc"), Netns::new("mgs"));
+    client_ns.link(&["10.203.0.1/24"], &server_ns, &["10.203.0.2/24"]);
+    // Declared after the namespaces, so dropped (killed) before they are deleted.
+    let mut procs = Vec::new();
 
     let ca = TestCa::new(TD);
     let dir = tempfile::tempdir().unwrap();
@@ -317,27 +229,27 @@ fn transparent_capture_carries_an_unchanged_dial_through_two_sidecars() {
     let echo = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
                 s.bind(('0.0.0.0',8080))\ns.listen()\nwhile True:\n c,_=s.accept()\n while True:\n  d=c.recv(65536)\n  \
                 if not d: break\n  c.sendall(d)\n c.close()\n";
-    net.procs.push(Proc(
-        in_ns(&server_ns, &["/usr/bin/python3", "-c", echo])
+    procs.push(Proc(
+        server_ns
+            .command(&["/usr/bin/python3", "-c", echo])
             .spawn()
             .unwrap(),
     ));
     for (ns, config) in [(&server_ns, &server_config), (&client_ns, &client_config)] {
         let log = std::fs::File::create(config.with_extension("stderr")).unwrap();
-        net.procs.push(Proc(
-            in_ns(ns, &[BIN, "proxy", "--config", config.to_str().unwrap()])
+        procs.push(Proc(
+            ns.command(&[BIN, "proxy", "--config", config.to_str().unwrap()])
                 .stderr(log)
                 .spawn()
                 .unwrap(),
         ));
-        wait_ready(ns);
+        wait_sidecar_ready(ns);
         apply_capture(ns, config);
     }
 
     // The client app, as an unprivileged user, dials the server's own address and port.
-    let mut client = in_ns(
-        &client_ns,
-        &[
+    let mut client = client_ns
+        .command(&[
             "setpriv",
             "--reuid",
             "65534",
@@ -350,13 +262,12 @@ fn transparent_capture_carries_an_unchanged_dial_through_two_sidecars() {
             "10",
             "10.203.0.2",
             "8080",
-        ],
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     client
         .stdin
         .take()
@@ -376,24 +287,8 @@ fn transparent_capture_carries_an_unchanged_dial_through_two_sidecars() {
     );
 
     // Proof it went through both sidecars: their access logs name each other.
-    let log_line = |dir: &Path, pred: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = std::fs::read_to_string(dir.join("access.log")).unwrap_or_default();
-            if let Some(line) = text
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .find(|l| pred(l))
-            {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no matching line in {}:\n{text}",
-                dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let log_line = |dir: &Path, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        wait_for_log_line(&dir.join("access.log"), pred)
     };
     let outbound = log_line(&client_dir, &|l| l["direction"] == "transparent");
     assert_eq!(outbound["original_dst"], "10.203.0.2:8080");

@@ -117,19 +117,12 @@ pub(crate) fn available(tools: &[&str]) -> Result<(), String> {
         ));
     }
     let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-    for tool in tools {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            return Err(format!(
-                "`{tool}` is not installed (scripts/install-deps installs it)"
-            ));
-        }
+    match tools.iter().find(|tool| !super::tools::on_path(tool)) {
+        Some(tool) => Err(format!(
+            "`{tool}` is not installed (scripts/install-deps installs it)"
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `true` when the test can run. Otherwise a loud SKIPPED banner and `false`, or, under

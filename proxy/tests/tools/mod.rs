@@ -26,7 +26,8 @@ pub fn require_with(test: &str, programs: &[&str], required: bool) -> bool {
     false
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether `program` is a file in one of `PATH`'s directories.
+pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path)
             .any(|dir| std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file()))
