@@ -360,39 +360,31 @@ impl Authority {
                 renewed_from: provenance.renewed_from.clone(),
                 chain_start: Some(provenance.chain_start.clone()),
             },
-            Err(CaError::Refused(refusal)) => Entry {
+            Err(error) => Entry {
                 event,
                 outcome: Outcome::Refused,
                 requester,
                 spiffe_id: spiffe_id.map(ToString::to_string),
                 serial: None,
                 not_after: None,
-                reason: Some(format!("{}: {refusal}", refusal.code())),
-                renewed_from: provenance.renewed_from.clone(),
-                chain_start: None,
-            },
-            Err(other) => Entry {
-                event,
-                outcome: Outcome::Refused,
-                requester,
-                spiffe_id: spiffe_id.map(ToString::to_string),
-                serial: None,
-                not_after: None,
-                reason: Some(format!("internal: {other}")),
+                reason: Some(match error {
+                    CaError::Refused(refusal) => format!("{}: {refusal}", refusal.code()),
+                    other => format!("internal: {other}"),
+                }),
                 renewed_from: provenance.renewed_from.clone(),
                 chain_start: None,
             },
         };
         self.audit.append(entry, now)?;
-        if let Ok(issued) = &result {
-            self.lineage
-                .insert(issued.serial.clone(), provenance.chain_start);
-        }
         match &result {
-            Ok(issued) => tracing::info!(
-                spiffe_id = %issued.spiffe_id, serial = %issued.serial, ?event,
-                key = %self.key_label(), "issued an SVID"
-            ),
+            Ok(issued) => {
+                self.lineage
+                    .insert(issued.serial.clone(), provenance.chain_start);
+                tracing::info!(
+                    spiffe_id = %issued.spiffe_id, serial = %issued.serial, ?event,
+                    key = %self.key_label(), "issued an SVID"
+                );
+            }
             Err(e) => {
                 tracing::warn!(?event, error = %e, key = %self.key_label(), "refused an SVID request")
             }
