@@ -170,7 +170,7 @@ impl Authority {
         let issuer = CaIssuer::new(trust_domain.clone(), key, root, ttl)?;
         let audit = AuditLog::open(&state.audit())?;
         let tokens = TokenStore::new(state.tokens());
-        let lineage = Lineage::from_records(&audit.records()?);
+        let lineage = Lineage::from_records(&audit.records()?, &timestamp(SystemTime::now()));
         let revocations = RevocationFile::new(state.revoked());
         Ok(Self {
             state,
@@ -378,8 +378,12 @@ impl Authority {
         self.audit.append(entry, now)?;
         match &result {
             Ok(issued) => {
-                self.lineage
-                    .insert(issued.serial.clone(), provenance.chain_start);
+                self.lineage.insert(
+                    issued.serial.clone(),
+                    provenance.chain_start,
+                    timestamp(issued.not_after),
+                    &timestamp(now),
+                );
                 tracing::info!(
                     spiffe_id = %issued.spiffe_id, serial = %issued.serial, ?event,
                     key = %self.key_label(), "issued an SVID"

@@ -85,7 +85,7 @@ impl Authority {
         let asked = parsed.as_ref().ok().map(|c| c.spiffe_id.clone());
         let provenance = Provenance {
             renewed_from: client.map(|c| c.serial.clone()),
-            chain_start: client.map_or_else(|| timestamp(now), |c| self.chain_start_of(c)),
+            chain_start: client.map_or_else(|| timestamp(now), |c| self.chain_start_of(c, now)),
         };
         let chain_start = provenance.chain_start.clone();
         self.record(
@@ -131,12 +131,12 @@ impl Authority {
     /// When the renewal chain of the presented certificate began: from the index, re-read from
     /// the trail when another process issued it, else the certificate's own issuance (a
     /// certificate of this CA that the trail does not know starts its own chain).
-    fn chain_start_of(&self, client: &ClientCert) -> String {
+    fn chain_start_of(&self, client: &ClientCert, now: SystemTime) -> String {
         if let Some(start) = self.lineage.start_of(&client.serial) {
             return start;
         }
         if let Ok(records) = self.audit.records() {
-            self.lineage.extend(&records);
+            self.lineage.extend(&records, &timestamp(now));
         }
         self.lineage
             .start_of(&client.serial)
