@@ -140,10 +140,11 @@ impl Connection {
         let grpc = respond::is_grpc(request.headers());
 
         let upgrade = is_upgrade(&request);
-        match settle_authority(&mut request) {
-            Ok(authority) => exchange.fields.authority = authority.map(|a| a.to_string()),
+        let authority = match settle_authority(&mut request) {
+            Ok(authority) => authority,
             Err(error) => return exchange.refuse(grpc, "bad_authority", &error.to_string()),
-        }
+        };
+        exchange.fields.authority = authority.as_ref().map(ToString::to_string);
         // CONNECT names an authority, not a path: policy sees its method and host only.
         let path_and_query = if request.method() == Method::CONNECT {
             None
@@ -170,7 +171,8 @@ impl Connection {
         let mut version = request.version();
         if !upgrade {
             // Forward exactly what was authorized: the normalized path.
-            if let Err(error) = set_path(&mut request, path_and_query.as_deref().unwrap_or("/")) {
+            let path_and_query = path_and_query.as_deref().unwrap_or("/");
+            if let Err(error) = set_path(&mut request, authority, path_and_query) {
                 exchange.line.fail(ErrorClass::Downstream, error);
                 let response = respond::bad_request(
                     grpc,
@@ -311,19 +313,15 @@ impl Connection {
     }
 }
 
-/// Replaces the request's path and query, making the URI absolute (`http://authority/...`) as the
-/// upstream clients need.
-fn set_path<B>(request: &mut Request<B>, path_and_query: &str) -> Result<(), String> {
-    let authority = match request.uri().authority() {
-        Some(authority) => authority.clone(),
-        None => request
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
-            .ok_or_else(|| {
-                "the request has neither :authority nor a valid Host header".to_owned()
-            })?,
-    };
+/// Replaces the request's path and query, making the URI absolute (`http://authority/...`, with
+/// the authority [`settle_authority`] settled on) as the upstream clients need.
+fn set_path<B>(
+    request: &mut Request<B>,
+    authority: Option<http::uri::Authority>,
+    path_and_query: &str,
+) -> Result<(), String> {
+    let authority = authority
+        .ok_or_else(|| "the request has neither :authority nor a valid Host header".to_owned())?;
     let uri = Uri::builder()
         .scheme(
             request
