@@ -85,7 +85,7 @@ fn the_proxy_serves_then_drains_on_sigterm_and_exits_zero() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
-    assert!(String::from_utf8_lossy(&check.stdout).contains("\"forward_to\""));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("\"upstream\""));
 
     let mut child = Proc(
         Command::new(BIN)

@@ -81,8 +81,10 @@ pub struct ConnectionRecord {
     pub local_id: Option<String>,
     /// The destination the client dialed (the listener, or the original destination when redirected).
     pub original_dst: Option<String>,
-    /// Where the proxy forwarded the bytes.
+    /// Where the proxy forwarded the bytes: the endpoint chosen (the last one tried).
     pub upstream: Option<String>,
+    /// Endpoints tried for this connection or request (1 without retries); absent when none was.
+    pub attempts: Option<u32>,
     /// Bytes from the client towards the upstream.
     pub bytes_in: u64,
     /// Bytes from the upstream back to the client.
@@ -151,6 +153,7 @@ impl ConnectionRecord {
             local_id: None,
             original_dst: None,
             upstream: None,
+            attempts: None,
             bytes_in: 0,
             bytes_out: 0,
             tls_version: None,
@@ -416,6 +419,7 @@ mod tests {
             "local_id",
             "original_dst",
             "upstream",
+            "attempts",
             "bytes_in",
             "bytes_out",
             "tls_version",

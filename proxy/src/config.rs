@@ -2,6 +2,7 @@
 //! rules are reported as `FILE:LINE:COLUMN: message`; relative paths are resolved against the
 //! directory of the config file, so a config can be moved together with its certificates.
 
+mod upstream;
 mod values;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use meshguard_policy::decision_log::OnFull;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub use upstream::{Balancer, UpstreamConfig};
 pub use values::{Cidr, ExpectedId, HumanDuration, Target};
 
 /// The whole validated configuration of one proxy process.
@@ -261,8 +263,10 @@ pub struct InboundConfig {
     pub name: Option<String>,
     /// Address to accept mTLS connections on.
     pub listen: SocketAddr,
-    /// The local app, or a legacy host when this proxy is a gateway.
-    pub forward_to: Target,
+    /// The local app, or a legacy host when this proxy is a gateway: `forward_to = "HOST:PORT"`,
+    /// or `upstream = { endpoints = [...] }` for several replicas.
+    #[serde(alias = "forward_to", deserialize_with = "upstream::deserialize")]
+    pub upstream: UpstreamConfig,
     /// `tcp` (this build), `http` or `detect`.
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
@@ -285,8 +289,10 @@ pub struct OutboundConfig {
     pub name: Option<String>,
     /// Address to accept plaintext connections on.
     pub listen: SocketAddr,
-    /// The peer's inbound mTLS listener.
-    pub target: Target,
+    /// The peer's inbound mTLS listener: `target = "HOST:PORT"`, or
+    /// `upstream = { endpoints = [...] }` for several peer sidecars.
+    #[serde(alias = "target", deserialize_with = "upstream::deserialize")]
+    pub upstream: UpstreamConfig,
     /// SPIFFE IDs the peer may present; anything else is refused.
     pub expect: Vec<ExpectedId>,
     /// Server name sent in the TLS ClientHello (SNI); defaults to the target's host name.

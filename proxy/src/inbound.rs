@@ -36,6 +36,8 @@ pub struct Inbound {
     )>,
     /// TLS towards `forward_to` (a gateway's legacy host), when `forward_tls` is configured.
     pub forward_tls: Option<crate::legacy_tls::LegacyClient>,
+    /// The endpoints opaque connections are forwarded to.
+    pub upstream: upstream::L4Upstream,
 }
 
 impl Inbound {
@@ -149,21 +151,16 @@ impl Inbound {
             return conn;
         }
 
-        conn.record.upstream = Some(self.config.forward_to.to_string());
-        let mut app =
-            match upstream::connect(&self.config.forward_to, self.shared.timeouts.connect.get())
-                .await
-            {
-                Ok(app) => app,
-                Err(error) => {
-                    conn.record.fail(
-                        ErrorClass::Upstream,
-                        format!("cannot connect to {}: {error}", self.config.forward_to),
-                    );
-                    let _ = tls.shutdown().await;
-                    return conn;
-                }
-            };
+        let Some((mut app, target)) = upstream::connect_any(
+            &mut conn,
+            &self.upstream,
+            self.shared.timeouts.connect.get(),
+        )
+        .await
+        else {
+            let _ = tls.shutdown().await;
+            return conn;
+        };
         let idle = self.shared.timeouts.idle.get();
         let outcome = match &self.forward_tls {
             None => copy_bidirectional(&mut tls, &mut app, idle).await,
@@ -175,26 +172,14 @@ impl Inbound {
                         copy_bidirectional(&mut tls, &mut legacy_tls, idle).await
                     }
                     Ok(Err(error)) => {
-                        return upstream::legacy_tls_failed(
-                            conn,
-                            &self.config.forward_to,
-                            &error,
-                            tls,
-                        )
-                        .await;
+                        return upstream::legacy_tls_failed(conn, &target, &error, tls).await;
                     }
                     Err(_) => {
                         let error = std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             "TLS handshake timed out",
                         );
-                        return upstream::legacy_tls_failed(
-                            conn,
-                            &self.config.forward_to,
-                            &error,
-                            tls,
-                        )
-                        .await;
+                        return upstream::legacy_tls_failed(conn, &target, &error, tls).await;
                     }
                 }
             }

@@ -26,6 +26,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod authz;
+pub mod balance;
 pub mod break_glass;
 pub mod config;
 pub mod copy;

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub http: crate::http::metrics::HttpMetrics,
     /// Lockout blocks (active, started, refusals).
     pub lockout: crate::lockout::LockoutMetrics,
+    /// Per-endpoint upstream metrics and retries.
+    pub upstream: crate::balance::metrics::UpstreamMetrics,
 }
 
 /// The handles one listener updates per connection.
@@ -127,6 +129,7 @@ impl Metrics {
             decision_log_dropped: Counter::default(),
             http: crate::http::metrics::HttpMetrics::default(),
             lockout: crate::lockout::LockoutMetrics::default(),
+            upstream: crate::balance::metrics::UpstreamMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -186,6 +189,7 @@ impl Metrics {
         );
         m.http.register(&mut registry);
         m.lockout.register(&mut registry);
+        m.upstream.register(&mut registry);
         Self { registry, ..m }
     }
 

@@ -31,6 +31,8 @@ pub struct Outbound {
     )>,
     /// Server-side TLS for legacy clients, when `listen_tls` is configured.
     pub listen_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The peer sidecars opaque connections go to.
+    pub upstream: upstream::L4Upstream,
 }
 
 impl Outbound {
@@ -71,7 +73,7 @@ impl Outbound {
         };
         let Some(mut tls) = upstream::originate(
             &mut conn,
-            &self.config.target,
+            &self.upstream,
             self.config.sni.as_deref(),
             &self.client,
             timeouts.connect.get(),

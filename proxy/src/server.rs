@@ -28,6 +28,7 @@ use crate::admin::audit::ControlAudit;
 use crate::admin::control::ControlState;
 use crate::admin::{self, AdminState, Readiness};
 use crate::authz::Authorizer;
+use crate::balance::Upstream;
 use crate::config::{Config, DecisionLogConfig, ExpectedId, IdentitySourceConfig};
 use crate::inbound::Inbound;
 use crate::listener::{Listening, Shared, accept_loop};
@@ -169,6 +170,7 @@ pub async fn start(
     // The admin server answers before the first certificate arrives: `/live` says the process is
     // up and `/ready` says what it is waiting for, which is what an orchestrator needs to see.
     let loaded: Arc<OnceLock<RotatingCredentials>> = Arc::default();
+    let upstream_states_shared = crate::balance::States::default();
     let admin_state = AdminState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
@@ -181,6 +183,7 @@ pub async fn start(
                 audit: open_control_audit(settings)?,
                 certs: certs_summary(loaded.clone()),
                 config: Arc::new(config.to_redacted_json()),
+                upstreams: upstream_states_shared.clone(),
                 lockout: lockout.clone(),
                 break_glass: break_glass.clone(),
             },
@@ -243,6 +246,7 @@ pub async fn start(
         None => None,
     };
     let mut inbound_addrs = Vec::new();
+    let mut upstream_states: Vec<Arc<dyn crate::balance::Snapshot>> = Vec::new();
     for inbound in &config.inbound {
         let name = inbound.display_name();
         let mut authorizer = Authorizer::load_with_break_glass(
@@ -271,15 +275,34 @@ pub async fn start(
                 access_log: access_log.clone(),
                 metrics: metrics.http.clone(),
             };
-            let proxy = crate::http::inbound::InboundHttp::new(
-                inbound.forward_to.clone(),
-                authorizer.clone(),
-                http_settings.clone(),
-                reporting,
-                config.timeouts.connect.get(),
-            );
-            (proxy, http_settings.detect.clone())
+            (reporting, http_settings.detect.clone())
         });
+        let http = match http {
+            Some((reporting, detect)) => {
+                let proxy = crate::http::inbound::InboundHttp::new(
+                    &inbound.upstream,
+                    &metrics.upstream,
+                    authorizer.clone(),
+                    http_settings.clone(),
+                    reporting,
+                    config.timeouts.connect.get(),
+                )
+                .await;
+                upstream_states.push(proxy.upstream_state());
+                Some((proxy, detect))
+            }
+            None => None,
+        };
+        let l4_upstream = Upstream::new(
+            &name,
+            inbound.upstream.clone(),
+            &metrics.upstream,
+            Box::new(|_, _| ()),
+        )
+        .await;
+        if !l7 || inbound.protocol == crate::config::Protocol::Detect {
+            upstream_states.push(Arc::new(l4_upstream.clone()));
+        }
         let handler = Inbound {
             config: Arc::new(inbound.clone()),
             server: if l7 {
@@ -295,6 +318,7 @@ pub async fn start(
                 .as_ref()
                 .map(crate::legacy_tls::LegacyClient::new)
                 .transpose()?,
+            upstream: l4_upstream,
         };
         authorizers.push(authorizer);
         let listening = Listening {
@@ -323,24 +347,42 @@ pub async fn start(
         let listener = bind(outbound.listen, &name).await?;
         outbound_addrs.push(local_addr(&listener, outbound.listen));
         let http = (outbound.protocol != crate::config::Protocol::Tcp).then(|| {
-            let reporting = crate::http::exchange::Reporting {
+            crate::http::exchange::Reporting {
                 listener: Arc::from(name.as_str()),
                 access_log: access_log.clone(),
                 metrics: metrics.http.clone(),
-            };
-            let proxy = crate::http::outbound::OutboundHttp::new(
-                outbound.target.clone(),
-                outbound.sni.clone(),
-                &client,
-                http_settings.clone(),
-                reporting,
-                (
-                    config.timeouts.connect.get(),
-                    config.timeouts.handshake.get(),
-                ),
-            );
-            (proxy, http_settings.detect.clone())
+            }
         });
+        let http = match http {
+            Some(reporting) => {
+                let proxy = crate::http::outbound::OutboundHttp::new(
+                    &outbound.upstream,
+                    &metrics.upstream,
+                    outbound.sni.clone(),
+                    &client,
+                    http_settings.clone(),
+                    reporting,
+                    (
+                        config.timeouts.connect.get(),
+                        config.timeouts.handshake.get(),
+                    ),
+                )
+                .await;
+                upstream_states.push(proxy.upstream_state());
+                Some((proxy, http_settings.detect.clone()))
+            }
+            None => None,
+        };
+        let l4_upstream = Upstream::new(
+            &name,
+            outbound.upstream.clone(),
+            &metrics.upstream,
+            Box::new(|_, _| ()),
+        )
+        .await;
+        if outbound.protocol != crate::config::Protocol::Http {
+            upstream_states.push(Arc::new(l4_upstream.clone()));
+        }
         let handler = Outbound {
             config: Arc::new(outbound.clone()),
             client,
@@ -352,6 +394,7 @@ pub async fn start(
                 .as_ref()
                 .map(crate::legacy_tls::server_config)
                 .transpose()?,
+            upstream: l4_upstream,
         };
         let listening = Listening {
             listener,
@@ -368,6 +411,7 @@ pub async fn start(
         )));
     }
 
+    let _ = upstream_states_shared.set(upstream_states);
     let mut transparent_addr = None;
     if let Some(transparent) = &config.transparent {
         let name = format!("transparent:{}", transparent.listen);

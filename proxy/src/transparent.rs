@@ -121,7 +121,7 @@ impl Transparent {
             (None, Some(port)) => Target::from_addr(SocketAddr::new(dst.ip(), port)),
             (None, None) => Target::from_addr(dst), // config validation rules this out
         };
-        let Some(mut tls) = upstream::originate(
+        let Some(mut tls) = upstream::originate_to(
             &mut conn,
             &target,
             route.config.sni.as_deref(),

@@ -12,6 +12,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::access_log::ErrorClass;
+use crate::balance::Upstream;
 use crate::config::Target;
 use crate::listener::Connection;
 use crate::tls_error;
@@ -30,9 +31,63 @@ pub async fn connect(target: &Target, timeout: Duration) -> io::Result<TcpStream
     Ok(stream)
 }
 
-/// Connects to `target` and completes mTLS as a client; on failure the record says why, naming
+/// The L4 form of an upstream: endpoints are dialed per connection, nothing else per endpoint.
+pub type L4Upstream = Upstream<()>;
+
+/// Connects to an endpoint of `upstream`, trying the next one (by the balancer) when a connect
+/// fails, as many times as `max_attempts` allows. Returns the stream and the endpoint's
+/// configured name (its host names the server for SNI); the record gets the endpoint and the
+/// attempt count either way.
+pub async fn connect_any(
+    conn: &mut Connection,
+    upstream: &L4Upstream,
+    timeout: Duration,
+) -> Option<(TcpStream, Target)> {
+    let mut tried = Vec::new();
+    let mut last = String::from("no upstream endpoint is resolved");
+    while tried.len() < upstream.config().max_attempts as usize {
+        let Some(endpoint) = upstream.pick(&tried) else {
+            break;
+        };
+        tried.push(endpoint.addr);
+        conn.record.upstream = Some(endpoint.addr.to_string());
+        conn.record.attempts = Some(tried.len() as u32);
+        let target = Target::from_addr(endpoint.addr);
+        match endpoint.track(connect(&target, timeout)).await {
+            Ok(tcp) => {
+                endpoint.succeeded();
+                return Some((tcp, endpoint.name.clone()));
+            }
+            Err(error) => {
+                last = format!("cannot connect to {}: {error}", endpoint.addr);
+                endpoint.failed(Instant::now(), &last);
+            }
+        }
+    }
+    if tried.len() > 1 {
+        last = format!("{last} (after trying {} endpoints)", tried.len());
+    }
+    conn.record.fail(ErrorClass::Upstream, last);
+    None
+}
+
+/// Connects to an endpoint of `upstream` and completes mTLS as a client; on failure the record says why, naming
 /// the expected and presented identities when the server was not the one expected.
 pub async fn originate(
+    conn: &mut Connection,
+    upstream: &L4Upstream,
+    sni: Option<&str>,
+    client: &Arc<ClientConfig>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    expected: &str,
+) -> Option<TlsStream<TcpStream>> {
+    let (tcp, target) = connect_any(conn, upstream, connect_timeout).await?;
+    handshake(conn, tcp, &target, sni, client, handshake_timeout, expected).await
+}
+
+/// Connects to one `target` (a transparent route's destination) and completes mTLS as a client.
+pub async fn originate_to(
     conn: &mut Connection,
     target: &Target,
     sni: Option<&str>,
@@ -52,6 +107,19 @@ pub async fn originate(
             return None;
         }
     };
+    handshake(conn, tcp, target, sni, client, handshake_timeout, expected).await
+}
+
+/// The client side of mTLS over `tcp`, to the server named `sni` or `target`'s host.
+async fn handshake(
+    conn: &mut Connection,
+    tcp: TcpStream,
+    target: &Target,
+    sni: Option<&str>,
+    client: &Arc<ClientConfig>,
+    handshake_timeout: Duration,
+    expected: &str,
+) -> Option<TlsStream<TcpStream>> {
     let name = sni.unwrap_or(target.host());
     let server_name = match ServerName::try_from(name.to_owned()) {
         Ok(server_name) => server_name,

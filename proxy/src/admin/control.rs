@@ -40,6 +40,8 @@ pub struct ControlState {
     pub certs: CertsSummary,
     /// The effective config, secrets redacted.
     pub config: Arc<serde_json::Value>,
+    /// Every upstream's endpoints and their states, shown with the config.
+    pub upstreams: crate::balance::States,
     /// The lockout table, when `[lockout]` is configured.
     pub lockout: Option<LockoutGuard>,
     /// The break-glass grants file, when `[break_glass]` is configured.
@@ -264,7 +266,16 @@ async fn route(state: &ControlState, operator: &Operator, call: &Call) -> Respon
         (_, "/lockout" | "/lockout/clear") => lockout(state, call),
         (_, "/break-glass") => break_glass(state, operator, call).await,
         (&Method::GET, "/certs") => json(&(state.certs)()),
-        (&Method::GET, "/config") => json(&state.config),
+        (&Method::GET, "/config") => {
+            let mut config = (*state.config).clone();
+            let upstreams: Vec<_> = state
+                .upstreams
+                .get()
+                .map(|all| all.iter().map(|u| u.snapshot()).collect())
+                .unwrap_or_default();
+            config["upstream_state"] = serde_json::Value::Array(upstreams);
+            json(&config)
+        }
         (_, "/certs" | "/config") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET is served here\n".to_owned(),
@@ -432,6 +443,7 @@ mod tests {
             audit: ControlAudit::open(&dir.join("audit.log")).unwrap(),
             certs: Arc::new(|| serde_json::json!({"spiffe_id": "spiffe://td/x"})),
             config: Arc::new(serde_json::json!({"admin": {"listen": "127.0.0.1:15000"}})),
+            upstreams: Default::default(),
             lockout: None,
             break_glass: Some(Arc::new(BreakGlassAdmin::new(dir.join("grants.toml")))),
         }

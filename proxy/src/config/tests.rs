@@ -55,7 +55,7 @@ fn the_issue_example_parses_with_defaults_and_resolved_paths() {
         Path::new("/etc/meshguard/policy.toml")
     );
     assert_eq!(config.inbound[0].max_connections, 10_000);
-    assert_eq!(config.outbound[0].target.port(), 15006);
+    assert_eq!(config.outbound[0].upstream.first().port(), 15006);
     assert_eq!(
         config.timeouts.drain_grace.get(),
         std::time::Duration::from_secs(30)
@@ -158,7 +158,10 @@ fn transparent_routes_parse_and_validate() {
 #[test]
 fn the_redacted_json_shows_paths_not_contents() {
     let json = parse(GOOD).unwrap().to_redacted_json();
-    assert_eq!(json["inbound"][0]["forward_to"], "127.0.0.1:8080");
+    assert_eq!(
+        json["inbound"][0]["upstream"]["endpoints"][0],
+        "127.0.0.1:8080"
+    );
     assert_eq!(json["identity"]["files"]["key"], "/etc/meshguard/svid.key");
 }
 

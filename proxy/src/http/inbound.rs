@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -18,6 +18,7 @@ use meshguard_policy::Request as PolicyRequest;
 
 use super::authority::settle_authority;
 use super::body::ProxyBody;
+use super::dispatch::{DispatchError, dispatch};
 use super::exchange::{Exchange, InFlight, Reporting};
 use super::normalize::normalize_path;
 use super::orig_proto::{restore_version, strip_connection_headers};
@@ -29,7 +30,9 @@ use super::upgrade::{self, is_upgrade};
 use super::xfcc::set_xfcc;
 use crate::access_log::{ConnectionRecord, ErrorClass};
 use crate::authz::{self, Authorizer};
-use crate::config::Target;
+use crate::balance::Upstream;
+use crate::balance::metrics::UpstreamMetrics;
+use crate::config::{Target, UpstreamConfig};
 
 /// One inbound HTTP listener's fixed parts.
 #[derive(Debug, Clone)]
@@ -39,13 +42,33 @@ pub struct InboundHttp {
 
 #[derive(Debug)]
 struct Inner {
-    forward_to: Target,
+    upstream: Upstream<AppClient>,
+    /// The route's request timeout (retries included).
+    request_timeout: Duration,
     authorizer: Authorizer,
     settings: Arc<HttpSettings>,
     reporting: Reporting,
-    app_h1: Http1Client,
-    app_h2: H2Pool,
-    app_connect: Connector,
+}
+
+/// How one app endpoint is reached: HTTP/1.1 and HTTP/2 pools, and a dialer for upgrades.
+#[derive(Debug)]
+pub struct AppClient {
+    h1: Http1Client,
+    h2: H2Pool,
+    connect: Connector,
+}
+
+impl AppClient {
+    /// The clients of the app endpoint at `addr`.
+    pub fn new(addr: SocketAddr, connect_timeout: Duration, settings: &Arc<HttpSettings>) -> Self {
+        let target = Target::from_addr(addr);
+        let connect = tcp_connector(target.clone(), connect_timeout);
+        Self {
+            h1: http1_client(target, connect_timeout, settings),
+            h2: H2Pool::new(connect.clone(), settings.clone()),
+            connect,
+        }
+    }
 }
 
 /// What is known about the connection a request arrived on.
@@ -72,28 +95,46 @@ struct Connection {
 }
 
 impl InboundHttp {
-    /// An inbound HTTP proxy forwarding to `forward_to`.
-    pub fn new(
-        forward_to: Target,
+    /// An inbound HTTP proxy forwarding to the app endpoints of `upstream`.
+    pub async fn new(
+        upstream: &UpstreamConfig,
+        metrics: &UpstreamMetrics,
         authorizer: Authorizer,
         settings: Arc<HttpSettings>,
         reporting: Reporting,
-        connect_timeout: std::time::Duration,
+        connect_timeout: Duration,
     ) -> Self {
-        let app_h1 = http1_client(forward_to.clone(), connect_timeout, &settings);
-        let app_connect = tcp_connector(forward_to.clone(), connect_timeout);
-        let app_h2 = H2Pool::new(app_connect.clone(), settings.clone());
+        let connect_timeout = upstream
+            .connect_timeout
+            .map_or(connect_timeout, |t| t.get());
+        let request_timeout = upstream
+            .request_timeout
+            .map_or(settings.request_timeout, |t| t.get());
+        let make = {
+            let settings = settings.clone();
+            move |_: &Target, addr| AppClient::new(addr, connect_timeout, &settings)
+        };
+        let upstream = Upstream::new(
+            &reporting.listener,
+            upstream.clone(),
+            metrics,
+            Box::new(make),
+        )
+        .await;
         Self {
             inner: Arc::new(Inner {
-                forward_to,
+                upstream,
+                request_timeout,
                 authorizer,
                 settings,
                 reporting,
-                app_h1,
-                app_h2,
-                app_connect,
             }),
         }
+    }
+
+    /// The endpoints' states, for `/config`.
+    pub fn upstream_state(&self) -> Arc<dyn crate::balance::Snapshot> {
+        Arc::new(self.inner.upstream.clone())
     }
 
     /// Serves HTTP on one decrypted connection until it closes, idles out or `stop` fires.
@@ -228,38 +269,47 @@ impl Connection {
                 .await;
         }
         let request = exchange.count_request(request);
-        // The connection's record (which each request line starts from) names it already;
-        // formatting the address again for every request showed in profiles.
-        if exchange.line.upstream.is_none() {
-            exchange.line.upstream = Some(proxy.forward_to.to_string());
-        }
         exchange.forwarded = Some(Instant::now());
-        let sent = async {
-            if version == Version::HTTP_2 {
-                proxy.app_h2.send(request).await
-            } else {
-                proxy
-                    .app_h1
-                    .request(request)
-                    .await
-                    .map_err(UpstreamError::Client)
-            }
-        };
-        match tokio::time::timeout(proxy.settings.request_timeout, sent).await {
-            Ok(Ok(mut response)) => {
+        let dispatched = dispatch(
+            &proxy.upstream,
+            request,
+            proxy.request_timeout,
+            |endpoint, request| async move {
+                if version == Version::HTTP_2 {
+                    endpoint.client.h2.send(request).await
+                } else {
+                    endpoint
+                        .client
+                        .h1
+                        .request(request)
+                        .await
+                        .map_err(UpstreamError::Client)
+                }
+            },
+        )
+        .await;
+        exchange.line.attempts = Some(dispatched.attempts);
+        if let Some(endpoint) = dispatched.endpoint {
+            exchange.line.upstream = Some(endpoint.to_string());
+        }
+        let app = exchange.line.upstream.clone().unwrap_or_default();
+        match dispatched.result {
+            Ok(mut response) => {
                 strip_connection_headers(response.headers_mut());
                 exchange.finish(response)
             }
-            Ok(Err(error)) => {
-                let reason = format!("the app at {} failed: {error}", proxy.forward_to);
-                exchange.fail_upstream(grpc, false, reason, proxy.settings.detail)
-            }
-            Err(_) => {
-                let reason = format!(
-                    "the app at {} did not answer within {:?}",
-                    proxy.forward_to, proxy.settings.request_timeout
-                );
+            Err(DispatchError::Body(error)) => exchange.refuse(
+                grpc,
+                "bad_body",
+                &format!("reading the request body failed: {error}"),
+            ),
+            Err(error @ DispatchError::TimedOut(_)) => {
+                let reason = format!("the app at {app} did not answer: {error}");
                 exchange.fail_upstream(grpc, true, reason, proxy.settings.detail)
+            }
+            Err(error) => {
+                let reason = format!("the app at {app} failed: {error}");
+                exchange.fail_upstream(grpc, false, reason, proxy.settings.detail)
             }
         }
     }
@@ -279,33 +329,38 @@ impl Connection {
         {
             *request.uri_mut() = uri;
         }
-        // The connection's record (which each request line starts from) names it already;
-        // formatting the address again for every request showed in profiles.
-        if exchange.line.upstream.is_none() {
-            exchange.line.upstream = Some(proxy.forward_to.to_string());
-        }
+        // A tunnel is one connection to one endpoint: it is not retried.
+        let Some(endpoint) = proxy.upstream.pick(&[]) else {
+            let reason = "no app endpoint is resolved".to_owned();
+            return exchange.fail_upstream(false, false, reason, proxy.settings.detail);
+        };
+        exchange.line.upstream = Some(endpoint.addr.to_string());
+        exchange.line.attempts = Some(1);
         exchange.forwarded = Some(Instant::now());
         let forwarded = async {
-            let io = proxy
-                .app_connect
+            let io = endpoint
+                .client
+                .connect
                 .connect()
                 .await
                 .map_err(UpstreamError::Connect)?;
             upgrade::forward(request, io).await
         };
-        match tokio::time::timeout(proxy.settings.request_timeout, forwarded).await {
-            Ok(Ok(response)) => exchange.finish(response),
+        let forwarded = endpoint.track(forwarded);
+        match tokio::time::timeout(proxy.request_timeout, forwarded).await {
+            Ok(Ok(response)) => {
+                endpoint.succeeded();
+                exchange.finish(response)
+            }
             Ok(Err(error)) => {
-                let reason = format!(
-                    "the app at {} failed the upgrade: {error}",
-                    proxy.forward_to
-                );
+                endpoint.failed(std::time::Instant::now(), &error.to_string());
+                let reason = format!("the app at {} failed the upgrade: {error}", endpoint.addr);
                 exchange.fail_upstream(false, false, reason, proxy.settings.detail)
             }
             Err(_) => {
                 let reason = format!(
                     "the app at {} did not answer the upgrade in time",
-                    proxy.forward_to
+                    endpoint.addr
                 );
                 exchange.fail_upstream(false, true, reason, proxy.settings.detail)
             }

@@ -82,7 +82,7 @@ async fn inbound_http<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    conn.record.upstream = Some(listener.config.forward_to.to_string());
+    conn.record.upstream = Some(listener.config.upstream.first().to_string());
     let peer = PeerContext {
         peer_id: facts.peer_id,
         local_id: listener.shared.local_id(),
@@ -120,17 +120,14 @@ where
         let _ = io.shutdown().await;
         return conn;
     }
-    let target = &listener.config.forward_to;
-    conn.record.upstream = Some(target.to_string());
-    let mut app = match upstream::connect(target, listener.shared.timeouts.connect.get()).await {
-        Ok(app) => app,
-        Err(error) => {
-            conn.record.fail(
-                ErrorClass::Upstream,
-                format!("cannot connect to {target}: {error}"),
-            );
-            return conn;
-        }
+    let Some((mut app, _)) = upstream::connect_any(
+        &mut conn,
+        &listener.upstream,
+        listener.shared.timeouts.connect.get(),
+    )
+    .await
+    else {
+        return conn;
     };
     let outcome = copy_bidirectional(&mut io, &mut app, listener.shared.timeouts.idle.get()).await;
     conn.finish_copy(outcome);
@@ -149,7 +146,7 @@ pub async fn outbound(
     conn.record.local_id = Some(listener.shared.local_id());
     let stop = listener.shared.drain.clone();
     if listener.config.protocol == Protocol::Http {
-        conn.record.upstream = Some(listener.config.target.to_string());
+        conn.record.upstream = Some(listener.config.upstream.first().to_string());
         let outcome = http.serve(app, conn.record.clone(), stop).await;
         finish(&mut conn, outcome);
         return conn;
@@ -160,7 +157,7 @@ pub async fn outbound(
     let (detection, mut prefixed) =
         detect::sniff(app, detect_config, port, std::future::pending()).await;
     if detection.protocol != Detected::Opaque {
-        conn.record.upstream = Some(listener.config.target.to_string());
+        conn.record.upstream = Some(listener.config.upstream.first().to_string());
         let outcome = http.serve(prefixed, conn.record.clone(), stop).await;
         finish(&mut conn, outcome);
         return conn;
@@ -168,7 +165,7 @@ pub async fn outbound(
     let timeouts = listener.shared.timeouts;
     let Some(mut tls) = upstream::originate(
         &mut conn,
-        &listener.config.target,
+        &listener.upstream,
         listener.config.sni.as_deref(),
         &listener.client,
         timeouts.connect.get(),

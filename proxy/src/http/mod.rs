@@ -19,6 +19,7 @@
 
 pub mod authority;
 pub mod body;
+pub mod dispatch;
 pub mod exchange;
 pub mod inbound;
 pub mod listener;

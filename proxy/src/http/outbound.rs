@@ -3,6 +3,7 @@
 //! their original version ([`super::orig_proto`]) so the peer restores it for its app.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use tokio_rustls::TlsConnector;
 
 use super::authority::settle_authority;
 use super::body::ProxyBody;
+use super::dispatch::{DispatchError, dispatch};
 use super::exchange::{Exchange, InFlight, Reporting};
 use super::orig_proto::{strip_connection_headers, upgrade_to_h2};
 use super::pool::{Connector, H2Pool, Io, UpstreamError};
@@ -22,7 +24,9 @@ use super::serve::{ServeOutcome, serve_connection};
 use super::settings::HttpSettings;
 use super::upgrade::{self, is_upgrade};
 use crate::access_log::{ConnectionRecord, Outcome};
-use crate::config::Target;
+use crate::balance::Upstream;
+use crate::balance::metrics::UpstreamMetrics;
+use crate::config::{Target, UpstreamConfig};
 
 /// ALPN protocol id of HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -39,12 +43,11 @@ pub struct OutboundHttp {
 
 #[derive(Debug)]
 struct Inner {
-    target: Target,
+    upstream: Upstream<PeerClient>,
+    /// The route's request timeout (retries included).
+    request_timeout: Duration,
     settings: Arc<HttpSettings>,
     reporting: Reporting,
-    peer: H2Pool,
-    /// Dedicated mTLS connections (ALPN http/1.1) for Upgrade and CONNECT.
-    upgrade_connect: Connector,
     /// What the latest mTLS handshake with the peer sidecar established: every request line names
     /// the peer and the TLS parameters it travelled with, as the L4 lines do.
     peer_tls: PeerTlsSlot,
@@ -59,6 +62,15 @@ struct PeerTls {
 
 type PeerTlsSlot = Arc<arc_swap::ArcSwapOption<PeerTls>>;
 
+/// How one peer sidecar endpoint is reached.
+#[derive(Debug)]
+pub struct PeerClient {
+    /// The multiplexed HTTP/2 mTLS connection.
+    h2: H2Pool,
+    /// Dedicated mTLS connections (ALPN http/1.1) for Upgrade and CONNECT.
+    upgrade: Connector,
+}
+
 struct Connection {
     proxy: Arc<Inner>,
     record: ConnectionRecord,
@@ -66,10 +78,11 @@ struct Connection {
 }
 
 impl OutboundHttp {
-    /// An outbound HTTP proxy to the peer sidecar at `target`. `client` is the listener's mTLS
-    /// client config (with its expected identities); ALPN `h2` is set here.
-    pub fn new(
-        target: Target,
+    /// An outbound HTTP proxy to the peer sidecars of `upstream`. `client` is the listener's
+    /// mTLS client config (with its expected identities); ALPN `h2` is set here.
+    pub async fn new(
+        upstream: &UpstreamConfig,
+        metrics: &UpstreamMetrics,
         sni: Option<String>,
         client: &ClientConfig,
         settings: Arc<HttpSettings>,
@@ -79,35 +92,57 @@ impl OutboundHttp {
         let peer_tls = PeerTlsSlot::default();
         let mut h2 = client.clone();
         h2.alpn_protocols = vec![ALPN_H2.to_vec()];
-        let peer = H2Pool::new(
-            mtls_connector(
-                target.clone(),
-                sni.clone(),
-                Arc::new(h2),
-                timeouts,
-                peer_tls.clone(),
-            ),
-            settings.clone(),
-        );
+        let h2 = Arc::new(h2);
         let mut h1 = client.clone();
         h1.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-        let upgrade_connect = mtls_connector(
-            target.clone(),
-            sni,
-            Arc::new(h1),
-            timeouts,
-            peer_tls.clone(),
+        let h1 = Arc::new(h1);
+        let timeouts = (
+            upstream.connect_timeout.map_or(timeouts.0, |t| t.get()),
+            timeouts.1,
         );
+        let make = {
+            let (peer_tls, settings) = (peer_tls.clone(), settings.clone());
+            move |name: &Target, addr: SocketAddr| {
+                let server_name = sni.clone().unwrap_or_else(|| name.host().to_owned());
+                let dial = |client: &Arc<ClientConfig>| {
+                    mtls_connector(
+                        Target::from_addr(addr),
+                        server_name.clone(),
+                        client.clone(),
+                        timeouts,
+                        peer_tls.clone(),
+                    )
+                };
+                PeerClient {
+                    h2: H2Pool::new(dial(&h2), settings.clone()),
+                    upgrade: dial(&h1),
+                }
+            }
+        };
+        let request_timeout = upstream
+            .request_timeout
+            .map_or(settings.request_timeout, |t| t.get());
+        let upstream = Upstream::new(
+            &reporting.listener,
+            upstream.clone(),
+            metrics,
+            Box::new(make),
+        )
+        .await;
         Self {
             inner: Arc::new(Inner {
-                target,
+                upstream,
+                request_timeout,
                 settings,
                 reporting,
-                peer,
-                upgrade_connect,
                 peer_tls,
             }),
         }
+    }
+
+    /// The endpoints' states, for `/config`.
+    pub fn upstream_state(&self) -> Arc<dyn crate::balance::Snapshot> {
+        Arc::new(self.inner.upstream.clone())
     }
 
     /// Serves one plaintext connection from the app until it ends.
@@ -181,32 +216,39 @@ impl Connection {
         // Outbound does not authorize (the peer does); the line says it was forwarded.
         exchange.line.decision = Some(Outcome::Allow);
         exchange.set_decision();
-        // The connection's record (which each request line starts from) names it already;
-        // formatting the address again for every request showed in profiles.
-        if exchange.line.upstream.is_none() {
-            exchange.line.upstream = Some(proxy.target.to_string());
-        }
         let request = exchange.count_request(request);
         exchange.forwarded = Some(Instant::now());
-        let sent =
-            tokio::time::timeout(proxy.settings.request_timeout, proxy.peer.send(request)).await;
+        let dispatched = dispatch(
+            &proxy.upstream,
+            request,
+            proxy.request_timeout,
+            |endpoint, request| async move { endpoint.client.h2.send(request).await },
+        )
+        .await;
         proxy.fill_peer_tls(&mut exchange.line);
-        match sent {
-            Ok(Ok(mut response)) => {
+        exchange.line.attempts = Some(dispatched.attempts);
+        if let Some(endpoint) = dispatched.endpoint {
+            exchange.line.upstream = Some(endpoint.to_string());
+        }
+        let peer = exchange.line.upstream.clone().unwrap_or_default();
+        match dispatched.result {
+            Ok(mut response) => {
                 strip_connection_headers(response.headers_mut());
                 exchange.finish(response)
             }
-            Ok(Err(error)) => {
-                let reason = format!("the peer sidecar at {} failed: {error}", proxy.target);
-                tracing::warn!(listener = %proxy.reporting.listener, upstream = %proxy.target, %reason, "outbound request failed");
-                exchange.fail_upstream(grpc, false, reason, proxy.settings.detail)
-            }
-            Err(_) => {
-                let reason = format!(
-                    "the peer sidecar at {} did not answer within {:?}",
-                    proxy.target, proxy.settings.request_timeout
-                );
+            Err(DispatchError::Body(error)) => exchange.refuse(
+                grpc,
+                "bad_body",
+                &format!("reading the request body failed: {error}"),
+            ),
+            Err(error @ DispatchError::TimedOut(_)) => {
+                let reason = format!("the peer sidecar at {peer} did not answer: {error}");
                 exchange.fail_upstream(grpc, true, reason, proxy.settings.detail)
+            }
+            Err(error) => {
+                let reason = format!("the peer sidecar at {peer} failed: {error}");
+                tracing::warn!(listener = %proxy.reporting.listener, upstream = %peer, %reason, "outbound request failed");
+                exchange.fail_upstream(grpc, false, reason, proxy.settings.detail)
             }
         }
     }
@@ -222,35 +264,43 @@ impl Connection {
         let proxy = &self.proxy;
         exchange.line.decision = Some(Outcome::Allow);
         exchange.set_decision();
-        // The connection's record (which each request line starts from) names it already;
-        // formatting the address again for every request showed in profiles.
-        if exchange.line.upstream.is_none() {
-            exchange.line.upstream = Some(proxy.target.to_string());
-        }
+        // A tunnel is one connection to one endpoint: it is not retried.
+        let Some(endpoint) = proxy.upstream.pick(&[]) else {
+            let reason = "no peer sidecar endpoint is resolved".to_owned();
+            return exchange.fail_upstream(false, false, reason, proxy.settings.detail);
+        };
+        exchange.line.upstream = Some(endpoint.addr.to_string());
+        exchange.line.attempts = Some(1);
         exchange.forwarded = Some(Instant::now());
         let forwarded = async {
-            let io = proxy
-                .upgrade_connect
+            let io = endpoint
+                .client
+                .upgrade
                 .connect()
                 .await
                 .map_err(UpstreamError::Connect)?;
             upgrade::forward(request, io).await
         };
-        let forwarded = tokio::time::timeout(proxy.settings.request_timeout, forwarded).await;
+        let forwarded =
+            tokio::time::timeout(proxy.request_timeout, endpoint.track(forwarded)).await;
         proxy.fill_peer_tls(&mut exchange.line);
         match forwarded {
-            Ok(Ok(response)) => exchange.finish(response),
+            Ok(Ok(response)) => {
+                endpoint.succeeded();
+                exchange.finish(response)
+            }
             Ok(Err(error)) => {
+                endpoint.failed(std::time::Instant::now(), &error.to_string());
                 let reason = format!(
                     "the peer sidecar at {} failed the upgrade: {error}",
-                    proxy.target
+                    endpoint.addr
                 );
                 exchange.fail_upstream(false, false, reason, proxy.settings.detail)
             }
             Err(_) => {
                 let reason = format!(
                     "the peer sidecar at {} did not answer the upgrade in time",
-                    proxy.target
+                    endpoint.addr
                 );
                 exchange.fail_upstream(false, true, reason, proxy.settings.detail)
             }
@@ -262,19 +312,18 @@ impl Connection {
 /// Each handshake's peer identity and TLS parameters are stored in `peer_tls` for the log lines.
 fn mtls_connector(
     target: Target,
-    sni: Option<String>,
+    server_name: String,
     client: Arc<ClientConfig>,
     (connect_timeout, handshake_timeout): (Duration, Duration),
     peer_tls: PeerTlsSlot,
 ) -> Connector {
     Connector::new(move || {
-        let (target, sni, client) = (target.clone(), sni.clone(), client.clone());
+        let (target, name, client) = (target.clone(), server_name.clone(), client.clone());
         let peer_tls = peer_tls.clone();
         Box::pin(async move {
             let tcp = crate::upstream::connect(&target, connect_timeout)
                 .await
                 .map_err(|e| format!("cannot connect to {target}: {e}"))?;
-            let name = sni.as_deref().unwrap_or(target.host()).to_owned();
             let server_name = ServerName::try_from(name.clone())
                 .map_err(|_| format!("`{name}` is not a valid TLS server name; set `sni`"))?;
             let handshake = TlsConnector::from(client).connect(server_name, tcp);

@@ -70,6 +70,18 @@ pub enum UpstreamError {
     Client(#[source] hyper_util::client::legacy::Error),
 }
 
+impl UpstreamError {
+    /// Whether the request certainly never reached the upstream (no connection was made), so
+    /// sending it elsewhere cannot make it happen twice.
+    pub fn before_sent(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Handshake(_) => true,
+            Self::Client(error) => error.is_connect(),
+            Self::Request(_) => false,
+        }
+    }
+}
+
 /// One multiplexed HTTP/2 connection to one upstream, opened on first use and again after it
 /// closes. Concurrent callers share it; while it is being opened, they wait for that one attempt.
 #[derive(Clone)]

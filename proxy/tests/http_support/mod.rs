@@ -18,7 +18,8 @@ use meshguard_identity::test_ca::{SvidFiles, SvidSpec, TestCa};
 use meshguard_identity::{ExpectedIdentities, RotatingCredentials, TlsProfile};
 use meshguard_proxy::access_log::{AccessLog, ConnectionRecord, Direction};
 use meshguard_proxy::authz::Authorizer;
-use meshguard_proxy::config::Target;
+use meshguard_proxy::balance::metrics::UpstreamMetrics;
+use meshguard_proxy::config::{Target, UpstreamConfig};
 use meshguard_proxy::http::exchange::Reporting;
 use meshguard_proxy::http::inbound::{InboundHttp, PeerContext};
 use meshguard_proxy::http::metrics::HttpMetrics;
@@ -319,7 +320,8 @@ pub async fn start_pair(settings: HttpSettings) -> Pair {
     let inbound_addr = start_inbound(
         server_creds,
         InboundHttp::new(
-            target(app),
+            &UpstreamConfig::single(target(app)),
+            &UpstreamMetrics::default(),
             authorizer,
             settings.clone(),
             Reporting {
@@ -328,7 +330,8 @@ pub async fn start_pair(settings: HttpSettings) -> Pair {
                 metrics: inbound_metrics.clone(),
             },
             Duration::from_secs(5),
-        ),
+        )
+        .await,
         stop.clone(),
     )
     .await;
@@ -340,7 +343,8 @@ pub async fn start_pair(settings: HttpSettings) -> Pair {
         .client_config()
         .unwrap();
     let outbound = OutboundHttp::new(
-        target(inbound_addr),
+        &UpstreamConfig::single(target(inbound_addr)),
+        &UpstreamMetrics::default(),
         Some("localhost".into()),
         &client,
         settings,
@@ -350,7 +354,8 @@ pub async fn start_pair(settings: HttpSettings) -> Pair {
             metrics: outbound_metrics.clone(),
         },
         (Duration::from_secs(5), Duration::from_secs(5)),
-    );
+    )
+    .await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let outbound_addr = listener.local_addr().unwrap();
     let outbound_stop = stop.clone();
