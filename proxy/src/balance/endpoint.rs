@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,8 @@ pub struct Endpoint<C> {
     pub name: Target,
     /// The address dialed.
     pub addr: SocketAddr,
+    /// `addr` as text, formatted once: log lines and metric labels name the endpoint by it.
+    pub label: Arc<str>,
     /// How requests or connections reach it.
     pub client: C,
     load: Mutex<PeakEwma<Passthrough, CompleteOnResponse>>,
@@ -69,6 +71,7 @@ impl<C> Endpoint<C> {
         Self {
             name,
             addr,
+            label: Arc::from(addr.to_string()),
             client,
             load: Mutex::new(PeakEwma::new(
                 Passthrough,

@@ -19,6 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::body::{BoxError, ProxyBody, boxed};
 use super::pool::UpstreamError;
+use crate::access_log::ConnectionRecord;
 use crate::balance::{Endpoint, Upstream};
 
 /// Why a request got no response.
@@ -60,10 +61,23 @@ fn retry_note(attempts: u32, why_not: &'static str) -> String {
 pub struct Dispatched {
     /// The response, or why there is none.
     pub result: Result<Response<Incoming>, DispatchError>,
-    /// The last endpoint tried.
-    pub endpoint: Option<SocketAddr>,
+    /// The last endpoint tried, as text.
+    pub endpoint: Option<Arc<str>>,
     /// Attempts made.
     pub attempts: u32,
+}
+
+impl Dispatched {
+    /// Writes the endpoint and the attempts on the request's line. The connection's record
+    /// usually names the endpoint already; the text is only copied when it differs.
+    pub fn record(&self, line: &mut ConnectionRecord) {
+        line.attempts = Some(self.attempts);
+        if let Some(endpoint) = &self.endpoint
+            && line.upstream.as_deref() != Some(&**endpoint)
+        {
+            line.upstream = Some(endpoint.to_string());
+        }
+    }
 }
 
 /// Sends `request` to an endpoint of `upstream` with `send`, retrying as the module says.
@@ -120,9 +134,12 @@ where
             }
             return out;
         };
-        tried.push(endpoint.addr);
+        // Without a retry, nothing asks what was tried: no allocation on the single-endpoint path.
+        if may_retry {
+            tried.push(endpoint.addr);
+        }
         out.attempts += 1;
-        out.endpoint = Some(endpoint.addr);
+        out.endpoint = Some(endpoint.label.clone());
         let attempt = endpoint.track(send(endpoint.clone(), request));
         let error = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(response)) => {

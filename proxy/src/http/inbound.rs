@@ -288,11 +288,7 @@ impl Connection {
             },
         )
         .await;
-        exchange.line.attempts = Some(dispatched.attempts);
-        if let Some(endpoint) = dispatched.endpoint {
-            exchange.line.upstream = Some(endpoint.to_string());
-        }
-        let app = exchange.line.upstream.clone().unwrap_or_default();
+        dispatched.record(&mut exchange.line);
         match dispatched.result {
             Ok(mut response) => {
                 strip_connection_headers(response.headers_mut());
@@ -304,10 +300,12 @@ impl Connection {
                 &format!("reading the request body failed: {error}"),
             ),
             Err(error @ DispatchError::TimedOut(_)) => {
+                let app = exchange.line.upstream.as_deref().unwrap_or_default();
                 let reason = format!("the app at {app} did not answer: {error}");
                 exchange.fail_upstream(grpc, true, reason, proxy.settings.detail)
             }
             Err(error) => {
+                let app = exchange.line.upstream.as_deref().unwrap_or_default();
                 let reason = format!("the app at {app} failed: {error}");
                 exchange.fail_upstream(grpc, false, reason, proxy.settings.detail)
             }
@@ -334,7 +332,7 @@ impl Connection {
             let reason = "no app endpoint is resolved".to_owned();
             return exchange.fail_upstream(false, false, reason, proxy.settings.detail);
         };
-        exchange.line.upstream = Some(endpoint.addr.to_string());
+        exchange.line.upstream = Some(endpoint.label.to_string());
         exchange.line.attempts = Some(1);
         exchange.forwarded = Some(Instant::now());
         let forwarded = async {

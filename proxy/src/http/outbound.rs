@@ -226,11 +226,7 @@ impl Connection {
         )
         .await;
         proxy.fill_peer_tls(&mut exchange.line);
-        exchange.line.attempts = Some(dispatched.attempts);
-        if let Some(endpoint) = dispatched.endpoint {
-            exchange.line.upstream = Some(endpoint.to_string());
-        }
-        let peer = exchange.line.upstream.clone().unwrap_or_default();
+        dispatched.record(&mut exchange.line);
         match dispatched.result {
             Ok(mut response) => {
                 strip_connection_headers(response.headers_mut());
@@ -242,10 +238,12 @@ impl Connection {
                 &format!("reading the request body failed: {error}"),
             ),
             Err(error @ DispatchError::TimedOut(_)) => {
+                let peer = exchange.line.upstream.as_deref().unwrap_or_default();
                 let reason = format!("the peer sidecar at {peer} did not answer: {error}");
                 exchange.fail_upstream(grpc, true, reason, proxy.settings.detail)
             }
             Err(error) => {
+                let peer = exchange.line.upstream.as_deref().unwrap_or_default();
                 let reason = format!("the peer sidecar at {peer} failed: {error}");
                 tracing::warn!(listener = %proxy.reporting.listener, upstream = %peer, %reason, "outbound request failed");
                 exchange.fail_upstream(grpc, false, reason, proxy.settings.detail)
@@ -269,7 +267,7 @@ impl Connection {
             let reason = "no peer sidecar endpoint is resolved".to_owned();
             return exchange.fail_upstream(false, false, reason, proxy.settings.detail);
         };
-        exchange.line.upstream = Some(endpoint.addr.to_string());
+        exchange.line.upstream = Some(endpoint.label.to_string());
         exchange.line.attempts = Some(1);
         exchange.forwarded = Some(Instant::now());
         let forwarded = async {
