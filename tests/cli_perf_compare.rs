@@ -38,7 +38,14 @@ fn smoke_runs_every_scenario_against_every_target_and_writes_the_report() {
         .iter()
         .map(|s| s["key"].as_str().unwrap())
         .collect();
-    for key in ["idle", "handshake", "keepalive", "latency-200", "bulk"] {
+    for key in [
+        "idle",
+        "handshake",
+        "keepalive",
+        "latency-200",
+        "bulk",
+        "resilience",
+    ] {
         assert!(
             scenarios.contains(&key),
             "scenario {key} missing: {scenarios:?}"
@@ -58,6 +65,20 @@ fn smoke_runs_every_scenario_against_every_target_and_writes_the_report() {
         };
         assert!(targets.contains(&expected_meshguard), "{scenario}");
     }
+    // A replica SIGKILLed mid-run costs meshguard no request (peers' failures are figures).
+    let resilience = json["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "resilience")
+        .unwrap();
+    let ours = resilience["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "meshguard-inbound")
+        .unwrap();
+    assert_eq!(ours["median"]["failed_during_fault"], 0, "{ours}");
     for info in json["meta"]["targets"].as_array().unwrap() {
         if let Some(reason) = info["skipped"].as_str() {
             eprintln!("SKIPPED target {}: {reason}", info["key"]);

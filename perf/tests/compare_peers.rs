@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use meshguard_identity::test_ca::{BadSvid, SvidFiles, SvidSpec, TestCa};
-use meshguard_perf::compare::peers::{self, Available, PeerKind, PeerTls};
+use meshguard_perf::compare::peers::{self, Available, PeerKind, PeerTls, PoolRoute};
 use meshguard_perf::compare::process::{Child, free_port};
 use meshguard_perf::compare::procstat;
 use meshguard_perf::upstream::Upstream;
@@ -158,8 +158,31 @@ fn http_peer_terminates_mtls_and_proxies(kind: PeerKind, min_processes: usize) {
     let setup = setup();
     let listen = free_port().unwrap();
     let dir = setup.peer_dir(kind);
-    let mut children =
-        peers::start(&available, &dir, &setup.peer_tls(), listen, setup.upstream).unwrap();
+    // The pool route balances over the upstream and a port nothing listens on: the peer's
+    // failover must pass every request that meets the dead one on to the live one.
+    let pool = PoolRoute {
+        listen: free_port().unwrap(),
+        endpoints: vec![free_port().unwrap(), setup.upstream],
+    };
+    let mut children = peers::start(
+        &available,
+        &dir,
+        &setup.peer_tls(),
+        listen,
+        setup.upstream,
+        Some(&pool),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let through_pool = curl_twice(pool.listen, Some(&setup.client), &setup.client.bundle);
+        let codes = String::from_utf8_lossy(&through_pool.stdout);
+        assert!(
+            codes.lines().all(|l| l.starts_with("200 ")) && codes.lines().count() == 2,
+            "{} failed a request over a dead replica: {}",
+            kind.key(),
+            text(&through_pool)
+        );
+    }
 
     let ok = curl_twice(listen, Some(&setup.client), &setup.client.bundle);
     // Both 200, the second on the connection the first opened (keep-alive from the client).
@@ -218,6 +241,7 @@ fn stunnel_pair_carries_tcp_through_mtls() {
         &setup.peer_tls(),
         listen,
         setup.upstream,
+        None,
     )
     .unwrap();
     let names: Vec<&str> = children.iter().map(Child::name).collect();
@@ -258,6 +282,7 @@ fn a_peer_that_cannot_start_says_which_and_why() {
             &tls,
             listen,
             setup.upstream,
+            None,
         )
         .map(|children| children.len())
         .unwrap_err();

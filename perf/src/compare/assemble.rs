@@ -63,7 +63,9 @@ fn vs_direct(kind: ScenarioKind, t: &Figures, direct: &Figures) -> VsDirect {
             ),
             ..VsDirect::default()
         },
-        ScenarioKind::Idle => VsDirect::default(),
+        // Direct has one replica and nothing to fail over; the fault run is compared with the
+        // same target's steady run instead (`fault_added_p99_us`).
+        ScenarioKind::Idle | ScenarioKind::Resilience => VsDirect::default(),
     }
 }
 
@@ -73,25 +75,12 @@ fn median_figures(rounds: &[Figures]) -> Figures {
     let u64s = |get: fn(&Figures) -> Option<u64>| {
         median(rounds.iter().filter_map(get).map(|v| v as f64).collect()).map(|v| v.round() as u64)
     };
-    let latency = |get: fn(&LatencySummary) -> u64| {
-        let values = rounds
-            .iter()
-            .filter_map(|f| f.latency_us.map(|l| get(&l) as f64));
-        median(values.collect()).map_or(0, |v| v.round() as u64)
-    };
-    let has_latency = rounds.iter().any(|f| f.latency_us.is_some());
     Figures {
         achieved_rate: f64s(|f| Some(f.achieved_rate)).unwrap_or(0.0),
         target_rate: rounds.first().and_then(|f| f.target_rate),
         completed: u64s(|f| Some(f.completed)).unwrap_or(0),
         errors: rounds.iter().map(|f| f.errors).sum(),
-        latency_us: has_latency.then(|| LatencySummary {
-            p50: latency(|l| l.p50),
-            p90: latency(|l| l.p90),
-            p99: latency(|l| l.p99),
-            p999: latency(|l| l.p999),
-            max: latency(|l| l.max),
-        }),
+        latency_us: median_latency(rounds, |f| f.latency_us),
         proxy_cpu_s: f64s(|f| Some(f.proxy_cpu_s)).unwrap_or(0.0),
         per_cpu_s: f64s(|f| f.per_cpu_s),
         rss_bytes: u64s(|f| f.rss_bytes),
@@ -99,7 +88,43 @@ fn median_figures(rounds: &[Figures]) -> Figures {
         idle_rss_bytes: u64s(|f| f.idle_rss_bytes),
         memory_per_conn_bytes: f64s(|f| f.memory_per_conn_bytes),
         idle_connections: u64s(|f| f.idle_connections),
+        steady_latency_us: median_latency(rounds, |f| f.steady_latency_us),
+        // Failures matter in any round, like errors: summed.
+        failed_during_fault: rounds
+            .iter()
+            .any(|f| f.failed_during_fault.is_some())
+            .then(|| rounds.iter().filter_map(|f| f.failed_during_fault).sum()),
+        fault_added_p99_us: median(
+            rounds
+                .iter()
+                .filter_map(|f| f.fault_added_p99_us)
+                .map(|v| v as f64)
+                .collect(),
+        )
+        .map(|v| v.round() as i64),
     }
+}
+
+/// Each percentile's median over the rounds that have `get`; `None` when none has.
+fn median_latency(
+    rounds: &[Figures],
+    get: fn(&Figures) -> Option<LatencySummary>,
+) -> Option<LatencySummary> {
+    let summaries: Vec<LatencySummary> = rounds.iter().filter_map(get).collect();
+    if summaries.is_empty() {
+        return None;
+    }
+    let each = |pick: fn(&LatencySummary) -> u64| {
+        let values = summaries.iter().map(|l| pick(l) as f64).collect();
+        median(values).map_or(0, |v| v.round() as u64)
+    };
+    Some(LatencySummary {
+        p50: each(|l| l.p50),
+        p90: each(|l| l.p90),
+        p99: each(|l| l.p99),
+        p999: each(|l| l.p999),
+        max: each(|l| l.max),
+    })
 }
 
 /// The middle value (the mean of the two middle ones for an even count); `None` when empty.

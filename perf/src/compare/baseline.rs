@@ -106,6 +106,19 @@ const FIGURES: &[Figure] = &[
         noise: LATENCY_NOISE_US,
     },
     Figure {
+        name: "fault_added_p99_us",
+        get: |t| t.median.fault_added_p99_us.map(|v| v as f64),
+        higher_is_worse: true,
+        noise: LATENCY_NOISE_US,
+    },
+    Figure {
+        // Any new failure counts: 0 -> 1 is worse by 2 (scale 0.5).
+        name: "failed_during_fault",
+        get: |t| t.median.failed_during_fault.map(|v| v as f64),
+        higher_is_worse: true,
+        noise: 0.5,
+    },
+    Figure {
         name: "memory_per_conn_bytes",
         get: |t| t.median.memory_per_conn_bytes,
         higher_is_worse: true,

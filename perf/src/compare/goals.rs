@@ -40,6 +40,7 @@ pub fn goals(report: &CompareReport) -> Vec<GoalRow> {
     rows.push(ctx.bulk_row());
     rows.push(ctx.memory_per_conn_row());
     rows.push(ctx.idle_rss_row());
+    rows.push(ctx.resilience_row());
     rows
 }
 
@@ -187,6 +188,31 @@ impl Ctx<'_> {
         }
     }
 
+    /// Failed requests while a replica is killed, with the p99 the fault added beside it.
+    fn resilience_row(&self) -> GoalRow {
+        let figure = |t: &TargetResult| {
+            let failed = t.median.failed_during_fault?;
+            let added = t.median.fault_added_p99_us.map(human::added_us);
+            Some(format!(
+                "{} failed, p99 {}",
+                human::count(failed),
+                added.unwrap_or_else(|| "—".to_owned())
+            ))
+        };
+        let ours = self.target("resilience", INBOUND);
+        let failed = ours.and_then(|t| t.median.failed_during_fault);
+        GoalRow {
+            what: "Requests failed while one of three replicas is killed (open loop)".to_owned(),
+            measured: measured(ours.and_then(figure)),
+            goal: "0 failed".to_owned(),
+            peers_here: self.peers("resilience", INBOUND, figure),
+            reference: "linkerd2-proxy: P2C peak-EWMA, retries, consecutive-failure circuit \
+                        breaking (ANCHORS; no published figure)"
+                .to_owned(),
+            met: self.verdict(failed.map(|f| f as f64), |f| f == 0.0),
+        }
+    }
+
     fn idle_rss_row(&self) -> GoalRow {
         let figure = |t: &TargetResult| t.median.idle_rss_bytes.map(|b| b as f64);
         let value = self.target("idle", INBOUND).and_then(figure);
@@ -201,7 +227,7 @@ impl Ctx<'_> {
     }
 }
 
-/// A realistic report of all six scenarios, shared by the tests of the compare renderers.
+/// A realistic report of all seven scenarios, shared by the tests of the compare renderers.
 #[cfg(test)]
 pub(crate) mod sample;
 
@@ -222,7 +248,7 @@ mod tests {
     #[test]
     fn picks_the_figures_and_verdicts_of_a_release_run() {
         let rows = goals(&sample::report());
-        assert_eq!(rows.len(), 10);
+        assert_eq!(rows.len(), 11);
 
         let handshake = row(&rows, "New full mTLS connections");
         assert_eq!(handshake.measured, "3,200");
@@ -263,6 +289,14 @@ mod tests {
         let rss = row(&rows, "Idle RSS");
         assert_eq!(rss.measured, "9.0 MB");
         assert_eq!(rss.met, None);
+
+        let resilience = row(&rows, "Requests failed while one of three replicas");
+        assert_eq!(resilience.measured, "0 failed, p99 +800 µs");
+        assert_eq!(
+            resilience.peers_here,
+            "nginx 3 failed, p99 +5.00 ms; haproxy 0 failed, p99 +2.50 ms"
+        );
+        assert_eq!(resilience.met, Some(true));
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! one), samples the proxies' CPU time and memory from /proc, and writes `report.json`,
 //! `report.md` and SVG charts.
 //!
-//! - [`topology`] starts the processes ([`process`], [`peers`], [`pki`]); [`procstat`] reads /proc.
-//! - [`scenarios`] runs one scenario against one target; this module orders the runs, takes
+//! - [`topology`] starts the processes ([`process`], [`peers`], [`pki`], [`pool`]); [`procstat`]
+//!   reads /proc.
+//! - [`scenarios`] runs one scenario against one target ([`resilience`] the one that kills a
+//!   replica); this module orders the runs, takes
 //!   medians and assembles the [`model::CompareReport`].
 //! - [`goals`], [`baseline`], [`render`], [`charts`] turn the report into verdicts and files.
 
@@ -16,9 +18,11 @@ pub mod goals;
 pub mod model;
 pub mod peers;
 pub mod pki;
+pub mod pool;
 pub mod process;
 pub mod procstat;
 pub mod render;
+pub mod resilience;
 pub mod scenarios;
 pub mod topology;
 
@@ -74,7 +78,8 @@ pub struct CompareArgs {
     /// Relative change beyond which a figure counts as a regression (0.25 = 25 %).
     #[arg(long, default_value_t = 0.25)]
     pub threshold: f64,
-    /// Run only these scenarios (comma-separated keys: idle, handshake, keepalive, latency, bulk).
+    /// Run only these scenarios (comma-separated keys: idle, handshake, keepalive, latency, bulk,
+    /// resilience).
     #[arg(long, value_delimiter = ',', value_name = "KEYS")]
     pub scenarios: Vec<String>,
     /// A short run that only checks every scenario completes without errors (CI); no timings.
@@ -157,12 +162,16 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<Outcome> {
                     continue;
                 }
                 progress.set_message(format!("{} / {}", scenario.key, target.key));
-                let figures = scenario.run(target, settings).await.with_context(|| {
-                    format!(
-                        "the {} scenario against {} failed",
-                        scenario.key, target.key
-                    )
-                })?;
+                let pool = &mut topology.pool;
+                let figures = scenario
+                    .run(target, settings, pool)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "the {} scenario against {} failed",
+                            scenario.key, target.key
+                        )
+                    })?;
                 topology.check_alive().with_context(|| {
                     format!(
                         "a process died during {} against {}",
@@ -282,7 +291,14 @@ fn selected(all: Vec<Scenario>, wanted: &[String]) -> anyhow::Result<Vec<Scenari
     if wanted.is_empty() {
         return Ok(all);
     }
-    let known = ["idle", "handshake", "keepalive", "latency", "bulk"];
+    let known = [
+        "idle",
+        "handshake",
+        "keepalive",
+        "latency",
+        "bulk",
+        "resilience",
+    ];
     for key in wanted {
         anyhow::ensure!(
             known.contains(&key.as_str()),
@@ -360,6 +376,29 @@ fn scenario_list(args: &CompareArgs) -> Vec<Scenario> {
             .into(),
         rate: None,
     });
+    let rate = args.rates.first().copied().unwrap_or(1000.0);
+    list.push(Scenario {
+        key: "resilience".into(),
+        title: format!(
+            "One of three replicas killed during an open-loop run at {rate} requests/s"
+        ),
+        kind: ScenarioKind::Resilience,
+        note: format!(
+            "Each proxy balances one route over the same three replicas with its own failover: \
+             meshguard's defaults (P2C peak-EWMA, ejection after 5 consecutive failures, retries \
+             of idempotent requests within a 20 % budget); nginx round robin with \
+             `max_fails=5 fail_timeout=1s` and `proxy_next_upstream error timeout` (3 tries); \
+             haproxy round robin with `observe layer4` + `check`, `retry-on conn-failure \
+             empty-response response-timeout` and `option redispatch` (3 tries). Each round runs \
+             the route twice back to back for at most 2 s each (the failover's requests would vanish \
+             in a longer run's p99), {} kept-alive HTTP/1.1 connections: steady, then with \
+             replica 0 SIGKILLed a tenth of the way in (restarted after the run). Failed = \
+             requests of the faulted run that got an error; added p99 = its p99 minus the steady \
+             run's.",
+            args.connections
+        ),
+        rate: Some(rate),
+    });
     list
 }
 
@@ -380,6 +419,13 @@ fn line(scenario: &Scenario, target: &str, f: &Figures) -> String {
             f.memory_per_conn_bytes.unwrap_or(0.0) / 1024.0
         ),
         ScenarioKind::Bulk => format!("{:.0} MB/s", f.bytes_per_s.unwrap_or(0.0) / 1e6),
+        ScenarioKind::Resilience => format!(
+            "{:.0}/s, failed during the fault {}, p99 steady {} us, with the fault {} us",
+            f.achieved_rate,
+            f.failed_during_fault.unwrap_or(0),
+            f.steady_latency_us.map_or(0, |l| l.p99),
+            f.latency_us.map_or(0, |l| l.p99),
+        ),
         _ => {
             let (p50, p99) = f.latency_us.map_or((0, 0), |l| (l.p50, l.p99));
             format!("{:.0}/s, p50 {p50} us, p99 {p99} us", f.achieved_rate)

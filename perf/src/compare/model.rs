@@ -102,6 +102,9 @@ pub enum ScenarioKind {
     Bulk,
     /// N idle mTLS connections: `memory_per_conn_bytes`, `idle_rss_bytes`.
     Idle,
+    /// Open loop over three replicas, one killed mid-run: `failed_during_fault` and
+    /// `fault_added_p99_us` are the headline.
+    Resilience,
 }
 
 /// One target's figures in one scenario: each round, and the median of the rounds.
@@ -144,6 +147,17 @@ pub struct Figures {
     pub memory_per_conn_bytes: Option<f64>,
     /// Idle scenario: connections that were open when memory was read.
     pub idle_connections: Option<u64>,
+    /// Resilience: latency of the run just before the fault, same rate and target, no kill;
+    /// `latency_us` is then the run in which a replica was killed.
+    #[serde(default)]
+    pub steady_latency_us: Option<LatencySummary>,
+    /// Resilience: requests that failed in the run with the kill (`errors` counts the steady
+    /// run's, which should be none).
+    #[serde(default)]
+    pub failed_during_fault: Option<u64>,
+    /// Resilience: p99 of the run with the kill minus p99 of the steady run, microseconds.
+    #[serde(default)]
+    pub fault_added_p99_us: Option<i64>,
 }
 
 /// A target measured against direct in the same scenario.

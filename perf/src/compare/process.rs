@@ -104,6 +104,13 @@ impl Child {
         )
     }
 
+    /// SIGKILL now and reap: a crash as the rest of the system sees it (sockets reset or closed
+    /// by the kernel, no goodbye), which is the fault the resilience scenario injects.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, up to [`TERM_GRACE`] to exit, then SIGKILL to it and its descendants, and a reap.
     fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {

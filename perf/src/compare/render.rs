@@ -215,6 +215,16 @@ fn columns(kind: ScenarioKind, report: &CompareReport) -> Vec<String> {
             "errors",
         ],
         ScenarioKind::Idle => &["idle RSS", "RSS with conns", "per connection", "errors"],
+        ScenarioKind::Resilience => &[
+            "rate target / achieved",
+            "failed during the fault",
+            "p99 steady",
+            "p99 with the fault",
+            "added p99",
+            "max with the fault",
+            "proxy CPU",
+            "errors (steady run)",
+        ],
     };
     let mut names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     if kind == ScenarioKind::Idle {
@@ -296,6 +306,20 @@ fn row(kind: ScenarioKind, t: &TargetResult, duration_s: f64) -> Vec<String> {
                 format!("{}{}", human::bytes(b as f64), open.unwrap_or_default())
             })),
             opt(m.memory_per_conn_bytes.map(human::bytes)),
+            errors,
+        ],
+        ScenarioKind::Resilience => vec![
+            format!(
+                "{} / {}",
+                opt(m.target_rate.map(human::rate)),
+                human::rate(m.achieved_rate)
+            ),
+            opt(m.failed_during_fault.map(human::count)),
+            opt(m.steady_latency_us.map(|l| human::latency_us(l.p99 as f64))),
+            lat(|l| l.p99),
+            opt(m.fault_added_p99_us.map(human::added_us)),
+            lat(|l| l.max),
+            cpu,
             errors,
         ],
     }

@@ -9,7 +9,9 @@ use anyhow::Context as _;
 use tokio::task::JoinSet;
 
 use super::model::{Figures, ScenarioKind};
+use super::pool::UpstreamPool;
 use super::procstat::{self, Usage};
+use super::resilience;
 use super::topology::{Endpoint, Target};
 use crate::cli::{HandshakeArgs, HttpArgs, LoadArgs, TcpArgs, TlsArgs};
 use crate::http::{HttpTarget, HttpVersion};
@@ -45,16 +47,34 @@ impl Scenario {
             ScenarioKind::Handshake => target.handshake.as_ref(),
             ScenarioKind::Bulk => target.bulk.as_ref(),
             ScenarioKind::Idle => target.idle.as_ref(),
+            ScenarioKind::Resilience => target.resilience.as_ref(),
         }
     }
 
-    /// Runs the scenario once against `target` and measures it.
-    pub async fn run(&self, target: &Target, settings: RunSettings) -> anyhow::Result<Figures> {
+    /// Runs the scenario once against `target` and measures it; the resilience scenario kills
+    /// and restarts a replica of `pool`.
+    pub async fn run(
+        &self,
+        target: &Target,
+        settings: RunSettings,
+        pool: &mut UpstreamPool,
+    ) -> anyhow::Result<Figures> {
         let Some(endpoint) = self.endpoint(target) else {
             anyhow::bail!("{} is not part of the {} scenario", target.key, self.key);
         };
-        if self.kind == ScenarioKind::Idle {
-            return idle(endpoint, target, settings.idle_connections).await;
+        match self.kind {
+            ScenarioKind::Idle => return idle(endpoint, target, settings.idle_connections).await,
+            ScenarioKind::Resilience => {
+                let rate = self.rate.unwrap_or(1000.0);
+                let load = http_load(endpoint, Rate::PerSecond(rate), settings);
+                let before = usage(target)?;
+                let mut figures = resilience::run(&load, pool).await?;
+                let after = usage(target)?;
+                figures.proxy_cpu_s = after.cpu.saturating_sub(before.cpu).as_secs_f64();
+                figures.rss_bytes = (!target.pids.is_empty()).then_some(after.rss_bytes);
+                return Ok(figures);
+            }
+            _ => {}
         }
         let before = usage(target)?;
         let report = self.load(endpoint, settings).await?;
@@ -75,13 +95,7 @@ impl Scenario {
         match self.kind {
             ScenarioKind::Throughput | ScenarioKind::LatencyAtRate => {
                 let rate = self.rate.map_or(Rate::Max, Rate::PerSecond);
-                let args = HttpArgs {
-                    target: endpoint.url(),
-                    http2: false,
-                    load: load(rate, settings.connections),
-                    tls,
-                };
-                measure::http(&args).await
+                measure::http(&http_load(endpoint, rate, settings)).await
             }
             ScenarioKind::Handshake => {
                 let args = HandshakeArgs {
@@ -103,8 +117,27 @@ impl Scenario {
                 };
                 measure::tcp(&args).await
             }
-            ScenarioKind::Idle => unreachable!("idle is measured by `idle`"),
+            ScenarioKind::Idle | ScenarioKind::Resilience => {
+                unreachable!("{} is measured on its own", self.key)
+            }
         }
+    }
+}
+
+/// Keep-alive HTTP/1.1 requests to `endpoint` at `rate` over the run's connections.
+fn http_load(endpoint: &Endpoint, rate: Rate, settings: RunSettings) -> HttpArgs {
+    HttpArgs {
+        target: endpoint.url(),
+        http2: false,
+        load: LoadArgs {
+            rate,
+            duration: settings.duration,
+            connections: settings.connections,
+            timeout: Duration::from_secs(5),
+            threads: None,
+            json: None,
+        },
+        tls: endpoint.tls.clone().unwrap_or_default(),
     }
 }
 

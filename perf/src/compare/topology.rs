@@ -15,8 +15,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::model::TargetInfo;
-use super::peers::{self, PeerKind, PeerTls};
+use super::peers::{self, PeerKind, PeerTls, PoolRoute};
 use super::pki::{Pki, SvidFiles};
+use super::pool::{UpstreamPool, spawn_upstream};
 use super::process::{Child, free_port, wait_for_port};
 use crate::cli::TlsArgs;
 
@@ -51,6 +52,8 @@ pub struct Target {
     pub bulk: Option<Endpoint>,
     /// Idle mTLS connections (after one request each).
     pub idle: Option<Endpoint>,
+    /// Open-loop requests to a route over the three replicas of [`UpstreamPool`].
+    pub resilience: Option<Endpoint>,
     /// Processes whose CPU time and memory are the target's cost (none for direct).
     pub pids: Vec<u32>,
     /// Their resident memory right after start, before any load (filled in by the caller).
@@ -63,6 +66,8 @@ pub struct Topology {
     pub targets: Vec<Target>,
     /// Every target considered, including skipped ones with the reason.
     pub infos: Vec<TargetInfo>,
+    /// The replicas behind every target's multi-endpoint route (the resilience scenario).
+    pub pool: UpstreamPool,
     children: Vec<Child>,
 }
 
@@ -91,6 +96,7 @@ impl Topology {
         let mut topology = Topology {
             targets: Vec::new(),
             infos: Vec::new(),
+            pool: UpstreamPool::start(&options.meshguard, &logs)?,
             children: Vec::new(),
         };
 
@@ -104,6 +110,7 @@ impl Topology {
             handshake: Some(mtls(upstream_tls, &client, &upstream_svid)),
             bulk: Some(plain(upstream)),
             idle: None,
+            resilience: None,
             pids: Vec::new(),
             startup_rss: None,
         });
@@ -129,26 +136,18 @@ impl Topology {
         tls: Option<&SvidFiles>,
     ) -> anyhow::Result<SocketAddr> {
         let addr = free_port()?;
-        let mut command = Command::new(&options.meshguard);
-        command.args(["perf", "upstream", "--threads", "1", "--listen"]);
-        command.arg(addr.to_string());
-        let name = match tls {
-            Some(svid) => {
-                command.arg("--cert").arg(&svid.chain);
-                command.arg("--key").arg(&svid.key);
-                command.arg("--bundle").arg(&svid.bundle);
-                "upstream-mtls"
-            }
-            None => "upstream",
+        let name = if tls.is_some() {
+            "upstream-mtls"
+        } else {
+            "upstream"
         };
-        let mut child = Child::spawn(name, command, logs)?;
-        wait_for_port(&mut child, addr, START_TIMEOUT)?;
+        let child = spawn_upstream(&options.meshguard, logs, name, addr, tls)?;
         self.children.push(child);
         Ok(addr)
     }
 
     /// Two meshguard processes: `sidecar-in` (inbound HTTP and TCP listeners in front of the
-    /// upstream) and `sidecar-out` (outbound HTTP and TCP listeners towards `sidecar-in`).
+    /// upstream, and an HTTP one balancing over the pool) and `sidecar-out` (outbound HTTP and TCP listeners towards `sidecar-in`).
     fn start_meshguard(
         &mut self,
         options: &TopologyOptions,
@@ -168,28 +167,33 @@ impl Topology {
         )
         .with_context(|| format!("could not write {}", policy.display()))?;
 
-        let (in_http, in_tcp) = (free_port()?, free_port()?);
+        let (in_http, in_tcp, in_pool) = (free_port()?, free_port()?, free_port()?);
+        let to_upstream = format!("forward_to = \"{upstream}\"");
         let config = sidecar_config(&inbound_svid, free_port()?, &dir.join("inbound-access.log"))
             + &listener(
                 "inbound",
                 "http",
                 in_http,
-                "forward_to",
-                upstream,
+                &to_upstream,
                 Some(&policy),
                 None,
             )
+            + &listener("inbound", "tcp", in_tcp, &to_upstream, Some(&policy), None)
             + &listener(
-                "inbound",
-                "tcp",
-                in_tcp,
-                "forward_to",
-                upstream,
+                "inbound-pool",
+                "http",
+                in_pool,
+                &pool_upstream(&self.pool.addrs()),
                 Some(&policy),
                 None,
             );
-        let inbound =
-            self.spawn_sidecar(options, &dir, "sidecar-in", &config, &[in_http, in_tcp])?;
+        let inbound = self.spawn_sidecar(
+            options,
+            &dir,
+            "sidecar-in",
+            &config,
+            &[in_http, in_tcp, in_pool],
+        )?;
 
         let (out_http, out_tcp) = (free_port()?, free_port()?);
         let expect = Some(inbound_svid.spiffe_id.as_str());
@@ -198,8 +202,20 @@ impl Topology {
             free_port()?,
             &dir.join("outbound-access.log"),
         ) + &listener(
-            "outbound", "http", out_http, "target", in_http, None, expect,
-        ) + &listener("outbound", "tcp", out_tcp, "target", in_tcp, None, expect);
+            "outbound",
+            "http",
+            out_http,
+            &format!("target = \"{in_http}\""),
+            None,
+            expect,
+        ) + &listener(
+            "outbound",
+            "tcp",
+            out_tcp,
+            &format!("target = \"{in_tcp}\""),
+            None,
+            expect,
+        );
         let outbound =
             self.spawn_sidecar(options, &dir, "sidecar-out", &config, &[out_http, out_tcp])?;
 
@@ -209,6 +225,7 @@ impl Topology {
             handshake: None,
             bulk: Some(plain(out_tcp)),
             idle: None,
+            resilience: None,
             pids: vec![outbound, inbound],
             startup_rss: None,
         });
@@ -218,6 +235,7 @@ impl Topology {
             handshake: Some(mtls(in_http, client, &inbound_svid)),
             bulk: None,
             idle: Some(mtls(in_http, client, &inbound_svid)),
+            resilience: Some(mtls(in_pool, client, &inbound_svid)),
             pids: vec![inbound],
             startup_rss: None,
         });
@@ -296,7 +314,15 @@ impl Topology {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("could not create {}", dir.display()))?;
         let listen = free_port()?;
-        let children = peers::start(&available, &dir, &tls, listen, upstream)
+        // stunnel has no HTTP balancing with retries; it stays out of the resilience scenario.
+        let pool = match kind {
+            PeerKind::StunnelPair => None,
+            PeerKind::Nginx | PeerKind::Haproxy => Some(PoolRoute {
+                listen: free_port()?,
+                endpoints: self.pool.addrs(),
+            }),
+        };
+        let children = peers::start(&available, &dir, &tls, listen, upstream, pool.as_ref())
             .with_context(|| format!("could not start {}", kind.key()))?;
         let pids: Vec<u32> = children.iter().map(Child::pid).collect();
         self.children.extend(children);
@@ -307,6 +333,7 @@ impl Topology {
                 handshake: None,
                 bulk: Some(plain(listen)),
                 idle: None,
+                resilience: None,
                 pids,
                 startup_rss: None,
             },
@@ -316,6 +343,7 @@ impl Topology {
                 handshake: Some(mtls(listen, client, &svid)),
                 bulk: None,
                 idle: Some(mtls(listen, client, &svid)),
+                resilience: pool.map(|p| mtls(p.listen, client, &svid)),
                 pids,
                 startup_rss: None,
             },
@@ -329,9 +357,11 @@ impl Topology {
         Ok(())
     }
 
-    /// Errors when any child has exited (a crashed proxy must not look like a slow one).
+    /// Errors when any child has exited (a crashed proxy must not look like a slow one); a
+    /// replica killed on purpose is not counted.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        self.children.iter_mut().try_for_each(Child::check_alive)
+        self.children.iter_mut().try_for_each(Child::check_alive)?;
+        self.pool.check_alive()
     }
 }
 
@@ -376,18 +406,35 @@ fn sidecar_config(svid: &SvidFiles, admin: SocketAddr, access_log: &Path) -> Str
     )
 }
 
+/// The pool as a multi-endpoint upstream with meshguard's defaults: P2C over peak-EWMA,
+/// ejection after 5 consecutive failures, retries of idempotent requests within the budget.
+fn pool_upstream(endpoints: &[SocketAddr]) -> String {
+    let list = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("upstream = {{ endpoints = [{list}], balancer = \"p2c-ewma\" }}")
+}
+
+/// One `[[inbound]]` or `[[outbound]]` table; `name` is its name and `to` its destination line
+/// (`forward_to = "..."`, `target = "..."` or `upstream = { ... }`).
 fn listener(
-    table: &str,
+    name: &str,
     protocol: &str,
     listen: SocketAddr,
-    to_key: &str,
-    to: SocketAddr,
+    to: &str,
     policy: Option<&Path>,
     expect: Option<&str>,
 ) -> String {
+    let table = if name.starts_with("inbound") {
+        "inbound"
+    } else {
+        "outbound"
+    };
     let mut s = format!(
-        "\n[[{table}]]\nname = \"{table}-{protocol}\"\nlisten = \"{listen}\"\n\
-         {to_key} = \"{to}\"\nprotocol = \"{protocol}\"\n"
+        "\n[[{table}]]\nname = \"{name}-{protocol}\"\nlisten = \"{listen}\"\n\
+         {to}\nprotocol = \"{protocol}\"\n"
     );
     if let Some(policy) = policy {
         s += &format!("policy = {policy:?}\n");

@@ -1,4 +1,4 @@
-//! A realistic report of all six scenarios and six targets, shared by the tests of the compare
+//! A realistic report of all seven scenarios and six targets, shared by the tests of the compare
 //! renderers (goals, report.md, charts, baselines).
 
 use crate::compare::model::*;
@@ -115,6 +115,18 @@ fn idle(name: &str, idle_mb: u64, per_conn_kb: u64) -> TargetResult {
     target(name, f, None)
 }
 
+/// A resilience round: `failed` requests in the faulted run, p99 steady and with the fault.
+fn faulted(name: &str, failed: u64, steady_p99: u64, fault_p99: u64) -> TargetResult {
+    let figures = Figures {
+        latency_us: lat(200, 300, fault_p99, fault_p99 * 2, fault_p99 * 3),
+        steady_latency_us: lat(200, 300, steady_p99, steady_p99 * 2, steady_p99 * 3),
+        failed_during_fault: Some(failed),
+        fault_added_p99_us: Some(fault_p99 as i64 - steady_p99 as i64),
+        ..at_rate(1000.0, 1000.0, [200, 300, fault_p99, 0, 0], 0.5)
+    };
+    target(name, figures, None)
+}
+
 fn scenario(
     key: &str,
     title: &str,
@@ -222,6 +234,16 @@ pub(crate) fn report() -> CompareReport {
                     idle("meshguard-inbound", 9, 7),
                     idle("nginx", 6, 14),
                     idle("haproxy", 20, 32),
+                ],
+            ),
+            scenario(
+                "resilience",
+                "One of three replicas killed during an open-loop run at 1000 requests/s",
+                Resilience,
+                vec![
+                    faulted("meshguard-inbound", 0, 600, 1_400),
+                    faulted("nginx", 3, 500, 5_500),
+                    faulted("haproxy", 0, 450, 2_950),
                 ],
             ),
         ],

@@ -5,7 +5,13 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::{MAX_CONNECTIONS, PeerTls};
+use super::{MAX_CONNECTIONS, PeerTls, PoolRoute};
+
+/// Consecutive failures that take a replica out, and for how long at first: meshguard's defaults
+/// (`failure_threshold = 5`, `ejection = 1s`), so every proxy gives up on a dead replica alike.
+const FAILURES_TO_EJECT: u32 = 5;
+/// Attempts per request including the first: meshguard's `max_attempts = 3`.
+const ATTEMPTS: u32 = 3;
 
 /// Connection and file limits the peers get, derived from this process's open-file limit (which
 /// they inherit): each proxied connection takes two descriptors.
@@ -44,6 +50,7 @@ pub(super) fn nginx_config(
     tls: &PeerTls,
     listen: SocketAddr,
     upstream: SocketAddr,
+    pool: Option<&PoolRoute>,
     limits: Limits,
     build: &str,
 ) -> String {
@@ -57,6 +64,27 @@ pub(super) fn nginx_config(
         }
     }
     let user = if limits.root { "user root root;\n" } else { "" };
+    let tls_server = |listen: SocketAddr| {
+        format!(
+            "        # backlog as tokio's listeners (meshguard) use.
+        listen {listen} ssl backlog=1024;
+        ssl_certificate {chain};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        ssl_ecdh_curve X25519:prime256v1;
+        ssl_client_certificate {bundle};
+        ssl_verify_client on;
+        ssl_verify_depth 4;
+",
+            chain = tls.chain.display(),
+            key = tls.key.display(),
+            bundle = tls.bundle.display(),
+        )
+    };
+    let main_server = tls_server(listen);
+    let pool = pool.map_or_else(String::new, |pool| {
+        nginx_pool(pool, &tls_server(pool.listen))
+    });
     format!(
         "# Written by meshguard perf compare: one worker doing what one meshguard inbound does.
 daemon off;
@@ -84,29 +112,50 @@ http {{
     }}
 
     server {{
-        # backlog as tokio's listeners (meshguard) use.
-        listen {listen} ssl backlog=1024;
-        ssl_certificate {chain};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.3;
-        ssl_ecdh_curve X25519:prime256v1;
-        ssl_client_certificate {bundle};
-        ssl_verify_client on;
-        ssl_verify_depth 4;
-
+{main_server}
         location / {{
             proxy_pass http://meshguard_perf_upstream;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
         }}
     }}
-}}
+{pool}}}
 ",
         open_files = limits.open_files,
         connections = limits.connections,
-        chain = tls.chain.display(),
-        key = tls.key.display(),
-        bundle = tls.bundle.display(),
+    )
+}
+
+/// The pool route: round robin (nginx's default), a replica out for 1 s after 5 failures within
+/// 1 s (`max_fails`/`fail_timeout`, nginx's passive check), and a failed request passed to the next
+/// replica on a connect error, a reset or a timeout (`proxy_next_upstream`, which never retries a
+/// non-idempotent request that reached a replica), at most 3 tries.
+fn nginx_pool(pool: &PoolRoute, tls_server: &str) -> String {
+    let servers: String = pool
+        .endpoints
+        .iter()
+        .map(|e| format!("        server {e} max_fails={FAILURES_TO_EJECT} fail_timeout=1s;\n"))
+        .collect();
+    format!(
+        "
+    upstream meshguard_perf_pool {{
+{servers}        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }}
+
+    server {{
+{tls_server}
+        location / {{
+            proxy_pass http://meshguard_perf_pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_connect_timeout 1s;
+            proxy_next_upstream error timeout;
+            proxy_next_upstream_tries {ATTEMPTS};
+        }}
+    }}
+"
     )
 }
 
@@ -115,8 +164,20 @@ pub(super) fn haproxy_config(
     tls: &PeerTls,
     listen: SocketAddr,
     upstream: SocketAddr,
+    pool: Option<&PoolRoute>,
     limits: Limits,
 ) -> String {
+    let bind = |listen: SocketAddr| {
+        format!(
+            "    bind {listen} ssl crt {pem} ca-file {bundle} verify required ssl-min-ver TLSv1.3 \
+             curves X25519:P-256 alpn http/1.1\n    maxconn {connections}\n",
+            pem = pem.display(),
+            bundle = tls.bundle.display(),
+            connections = limits.connections,
+        )
+    };
+    let main_bind = bind(listen);
+    let pool = pool.map_or_else(String::new, |pool| haproxy_pool(pool, &bind(pool.listen)));
     format!(
         "# Written by meshguard perf compare: one thread doing what one meshguard inbound does.
 global
@@ -134,16 +195,44 @@ defaults
     timeout http-request 300s
 
 frontend meshguard_perf
-    bind {listen} ssl crt {pem} ca-file {bundle} verify required ssl-min-ver TLSv1.3 curves X25519:P-256 alpn http/1.1
-    maxconn {connections}
-    default_backend meshguard_perf_upstream
+{main_bind}    default_backend meshguard_perf_upstream
 
 backend meshguard_perf_upstream
     server upstream {upstream}
-",
+{pool}",
         connections = limits.connections,
-        pem = pem.display(),
-        bundle = tls.bundle.display(),
+    )
+}
+
+/// The pool route: round robin (haproxy's default), a replica marked down after 5 consecutive
+/// connection errors seen on live traffic (`observe layer4`, haproxy's passive check; the
+/// 1 s connect check that comes with it brings it back), and a failed request sent again to another
+/// replica (`retry-on` + `option redispatch`) on a connect failure, an empty response or a
+/// timeout, at most 3 tries.
+fn haproxy_pool(pool: &PoolRoute, bind: &str) -> String {
+    let servers: String = pool
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            format!(
+                "    server replica-{i} {e} check inter 1s fall {FAILURES_TO_EJECT} rise 1 \
+                 observe layer4 error-limit {FAILURES_TO_EJECT} on-error mark-down\n"
+            )
+        })
+        .collect();
+    format!(
+        "
+frontend meshguard_perf_pool
+{bind}    default_backend meshguard_perf_pool
+
+backend meshguard_perf_pool
+    timeout connect 1s
+    retries {retries}
+    retry-on conn-failure empty-response response-timeout
+    option redispatch 1
+{servers}",
+        retries = ATTEMPTS - 1,
     )
 }
 

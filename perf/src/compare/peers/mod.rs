@@ -50,6 +50,16 @@ pub struct PeerTls {
     pub bundle: PathBuf,
 }
 
+/// A second route through the same peer process, balancing over several replicas with the
+/// peer's own passive failure detection and retry of the next replica: what meshguard's
+/// multi-endpoint `upstream` does (see [`configs`] for the directives).
+#[derive(Debug, Clone)]
+pub struct PoolRoute {
+    /// Where the route listens (mTLS, configured like the main listener).
+    pub listen: SocketAddr,
+    pub endpoints: Vec<SocketAddr>,
+}
+
 /// A peer found on this machine.
 #[derive(Debug, Clone)]
 pub struct Available {
@@ -174,7 +184,12 @@ pub fn start(
     tls: &PeerTls,
     listen: SocketAddr,
     upstream: SocketAddr,
+    pool: Option<&PoolRoute>,
 ) -> anyhow::Result<Vec<Child>> {
+    anyhow::ensure!(
+        pool.is_none() || available.kind != PeerKind::StunnelPair,
+        "a stunnel pair forwards bytes to one address: it cannot serve a pool route"
+    );
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let limits = Limits::of_this_process();
     // Starts `binary args..` as `name`, its log in `dir`, and waits until `port` accepts.
@@ -183,6 +198,9 @@ pub fn start(
         command.args(args);
         let mut child = Child::spawn(name, command, dir)?;
         wait_for_port(&mut child, port, START_TIMEOUT)?;
+        if let Some(pool) = pool {
+            wait_for_port(&mut child, pool.listen, START_TIMEOUT)?;
+        }
         Ok(child)
     };
     match available.kind {
@@ -194,7 +212,7 @@ pub fn start(
                 .output()
                 .map(|output| String::from_utf8_lossy(&output.stderr).into_owned())
                 .unwrap_or_default();
-            let config = nginx_config(dir, tls, listen, upstream, limits, &build);
+            let config = nginx_config(dir, tls, listen, upstream, pool, limits, &build);
             let path = write(dir, "nginx.conf", &config)?;
             let mut args = vec![
                 "-p".as_ref(),
@@ -213,7 +231,7 @@ pub fn start(
             // haproxy's `crt` takes the chain and its key in one file.
             let pem = format!("{}\n{}", read(&tls.chain)?.trim_end(), read(&tls.key)?);
             let pem = write(dir, "haproxy.pem", &pem)?;
-            let config = haproxy_config(&pem, tls, listen, upstream, limits);
+            let config = haproxy_config(&pem, tls, listen, upstream, pool, limits);
             let path = write(dir, "haproxy.cfg", &config)?;
             // -db: foreground, no daemon, no master process: one process to sample.
             let args = vec!["-db".as_ref(), "-f".as_ref(), path.as_os_str()];
@@ -361,14 +379,23 @@ mod tests {
             connections: 9_968,
             root: false,
         };
+        let pool = PoolRoute {
+            listen: "127.0.0.1:8444".parse().unwrap(),
+            endpoints: vec![upstream, "127.0.0.1:8081".parse().unwrap()],
+        };
         let nginx = nginx_config(
             dir,
             &tls,
             listen,
             upstream,
+            Some(&pool),
             limits,
             "--without-http_uwsgi_module",
         );
+        // The pool route is a second TLS server block, with every replica and nginx's failover.
+        assert_eq!(nginx.matches("ssl_verify_client on;").count(), 2);
+        assert!(nginx.contains("server 127.0.0.1:8081 max_fails=5 fail_timeout=1s;"));
+        assert!(nginx.contains("proxy_next_upstream_tries 3;"));
         assert!(nginx.contains("ssl_verify_client on;"));
         assert!(nginx.contains("ssl_protocols TLSv1.3;"));
         assert!(nginx.contains("worker_processes 1;"));
@@ -377,8 +404,27 @@ mod tests {
         for line in nginx.lines().filter(|l| l.contains('/')) {
             assert!(!line.contains("/etc") && !line.contains("/var"), "{line}");
         }
-        let haproxy = haproxy_config(&dir.join("haproxy.pem"), &tls, listen, upstream, limits);
+        let haproxy = haproxy_config(
+            &dir.join("haproxy.pem"),
+            &tls,
+            listen,
+            upstream,
+            None,
+            limits,
+        );
         assert!(haproxy.contains("verify required ssl-min-ver TLSv1.3"));
+        assert!(!haproxy.contains("meshguard_perf_pool"));
+        let haproxy = haproxy_config(
+            &dir.join("haproxy.pem"),
+            &tls,
+            listen,
+            upstream,
+            Some(&pool),
+            limits,
+        );
+        assert_eq!(haproxy.matches("verify required").count(), 2);
+        assert!(haproxy.contains("server replica-1 127.0.0.1:8081 check"));
+        assert!(haproxy.contains("option redispatch 1") && haproxy.contains("retries 2"));
         assert!(haproxy.contains("nbthread 1"));
         let server = stunnel_config(Side::Server, &tls, listen, upstream);
         assert!(server.contains("requireCert = yes") && !server.contains("client = yes"));

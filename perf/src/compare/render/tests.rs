@@ -75,6 +75,15 @@ fn every_scenario_and_target_has_its_table_row() {
         idle,
         "| meshguard-inbound | 9.0 MB | 15.8 MB (1,000 open) | 7.0 KB | 0 |"
     );
+    let resilience = row(
+        &md,
+        "One of three replicas killed during an open-loop run at 1000 requests/s",
+        "nginx",
+    );
+    assert_eq!(
+        resilience,
+        "| nginx | 1,000 / 1,000 | 3 | 500 µs | 5.50 ms | +5.00 ms | 16.5 ms | 0.50 s | 0 |"
+    );
     assert!(md.contains("| idle RSS | RSS with 1,000 conns | per connection | errors |"));
     assert!(md.contains(
         "Per proxy CPU-second, meshguard-inbound does 3.37× nginx's, 4.44× haproxy's work."
