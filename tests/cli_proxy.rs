@@ -8,26 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshguard_identity::test_ca::{SvidSpec, TestCa};
+use meshguard_identity::test_ca::TestCa;
 
 mod support;
 
 use support::netns::Netns;
-use support::{Proc, wait_for_log_line, wait_sidecar_ready};
+use support::{Proc, wait_for_log_line, wait_sidecar_ready, write_identity};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshguard");
 const TD: &str = "bank.example";
-
-fn write_identity(ca: &TestCa, dir: &Path, path: &str) -> String {
-    let svid = ca.issue_with(&SvidSpec::new(path));
-    let files = svid.write_to_dir(dir, &ca.bundle_pem()).unwrap();
-    format!(
-        "[identity]\nfiles = {{ cert = \"{}\", key = \"{}\", bundle = \"{}\" }}\n",
-        files.cert.display(),
-        files.key.display(),
-        files.bundle.display()
-    )
-}
 
 /// Log lines may carry colour codes; the test reads the text.
 fn strip_ansi(line: &str) -> String {

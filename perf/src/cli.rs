@@ -140,6 +140,9 @@ pub struct UpstreamArgs {
     /// Runtime worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Wait this long before every HTTP response, e.g. `20ms` (a slow replica; default none).
+    #[arg(long, value_parser = parse_duration)]
+    pub response_delay: Option<Duration>,
     /// Serve mTLS with this SVID; clients must present an SVID too (`--expect-id` narrows which).
     #[command(
         flatten,

@@ -172,7 +172,9 @@ pub async fn upstream(args: &UpstreamArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let upstream = Upstream::bind(args.listen, tls, args.response_bytes).await?;
+    let upstream = Upstream::bind(args.listen, tls, args.response_bytes)
+        .await?
+        .with_response_delay(args.response_delay.unwrap_or_default());
     let addr = upstream.local_addr()?;
     println!("meshguard perf upstream listening on {addr} (HTTP/1.1, HTTP/2, TCP echo)");
     tokio::select! {

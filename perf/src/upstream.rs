@@ -56,6 +56,8 @@ pub struct Upstream {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     body: Bytes,
+    /// Added before every HTTP response: a slow replica, for balancing tests.
+    delay: std::time::Duration,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for Upstream {
             .field("addr", &self.listener.local_addr().ok())
             .field("tls", &self.tls.is_some())
             .field("response_bytes", &self.body.len())
+            .field("delay", &self.delay)
             .finish()
     }
 }
@@ -82,7 +85,14 @@ impl Upstream {
             listener,
             tls: tls.map(TlsAcceptor::from),
             body: Bytes::from(vec![b'x'; response_bytes]),
+            delay: std::time::Duration::ZERO,
         })
+    }
+
+    /// Waits `delay` before every HTTP response (echo is not delayed).
+    pub fn with_response_delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     /// The address actually bound.
@@ -104,7 +114,7 @@ impl Upstream {
             };
             let _ = tcp.set_nodelay(true);
             let tls = self.tls.clone();
-            let body = self.body.clone();
+            let (body, delay) = (self.body.clone(), self.delay);
             tokio::spawn(async move {
                 let io: Box<dyn Io> = match tls {
                     None => Box::new(tcp),
@@ -116,7 +126,7 @@ impl Upstream {
                         }
                     },
                 };
-                if let Err(error) = serve_connection(io, body).await {
+                if let Err(error) = serve_connection(io, body, delay).await {
                     tracing::debug!(%peer, %error, "upstream connection ended with an error");
                 }
             });
@@ -124,7 +134,11 @@ impl Upstream {
     }
 }
 
-async fn serve_connection(mut io: Box<dyn Io>, body: Bytes) -> io::Result<()> {
+async fn serve_connection(
+    mut io: Box<dyn Io>,
+    body: Bytes,
+    delay: std::time::Duration,
+) -> io::Result<()> {
     let mut first = BytesMut::with_capacity(4096);
     let protocol = loop {
         if io.read_buf(&mut first).await? == 0 {
@@ -143,7 +157,12 @@ async fn serve_connection(mut io: Box<dyn Io>, body: Bytes) -> io::Result<()> {
         Protocol::Http => {
             let service = service_fn(move |_request| {
                 let body = body.clone();
-                async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(body))) }
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
+                }
             });
             hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(io), service)

@@ -9,6 +9,21 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use meshguard_identity::test_ca::{SvidSpec, TestCa};
+
+/// Issues an SVID for `path` from `ca`, writes it and the bundle into `dir`, and returns the
+/// `[identity]` section of a sidecar config that reads them.
+pub(crate) fn write_identity(ca: &TestCa, dir: &Path, path: &str) -> String {
+    let svid = ca.issue_with(&SvidSpec::new(path));
+    let files = svid.write_to_dir(dir, &ca.bundle_pem()).unwrap();
+    format!(
+        "[identity]\nfiles = {{ cert = \"{}\", key = \"{}\", bundle = \"{}\" }}\n",
+        files.cert.display(),
+        files.key.display(),
+        files.bundle.display()
+    )
+}
+
 /// Kills the child on drop, so a failing test leaves no process behind (and, inside a network
 /// namespace, none holding it after the namespace is gone).
 pub(crate) struct Proc(pub(crate) Child);
