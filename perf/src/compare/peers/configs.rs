@@ -7,8 +7,8 @@ use std::path::Path;
 
 use super::{MAX_CONNECTIONS, PeerTls, PoolRoute};
 
-/// Consecutive failures that take a replica out, and for how long at first: meshguard's defaults
-/// (`failure_threshold = 5`, `ejection = 1s`), so every proxy gives up on a dead replica alike.
+/// Failures that take a replica out: meshguard's `failure_threshold = 5`. nginx then keeps it out
+/// for `fail_timeout` (1 s, meshguard's first ejection); haproxy until a health check passes.
 const FAILURES_TO_EJECT: u32 = 5;
 /// Attempts per request including the first: meshguard's `max_attempts = 3`.
 const ATTEMPTS: u32 = 3;
