@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+#[macro_use]
 mod cli;
 
 use std::process::ExitCode;
@@ -51,9 +52,35 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(error) if cli::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every option and argument of every subcommand has a help line: `--help` is the manual an
+    /// operator reads first.
+    #[test]
+    fn every_option_says_what_it_is_for() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "meshguard", &mut missing);
+        assert!(missing.is_empty(), "options without help: {missing:#?}");
     }
 }

@@ -151,6 +151,33 @@ fn a_broken_config_is_reported_with_file_line_and_column() {
     assert!(stderr.contains("lisen"), "{stderr}");
 }
 
+#[test]
+fn check_into_a_closed_pipe_ends_quietly_instead_of_panicking() {
+    let ca = TestCa::new(TD);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), "default = \"deny\"\n").unwrap();
+    let config = format!(
+        "{}[[inbound]]\nlisten = \"127.0.0.1:0\"\nforward_to = \"127.0.0.1:9\"\npolicy = \"policy.toml\"\n",
+        write_identity(&ca, dir.path(), "/ns/ledger/sa/ledger"),
+    );
+    let path = dir.path().join("sidecar.toml");
+    std::fs::write(&path, config).unwrap();
+    // `| head` that has already gone: the read end is closed before meshguard writes a byte,
+    // so its write fails with EPIPE every time, not only when it loses a race.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(BIN)
+        .args(["proxy", "--check", "--config"])
+        .arg(&path)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+}
+
 // === transparent capture in network namespaces ===
 
 fn apply_capture(ns: &Netns, config: &Path) {

@@ -176,7 +176,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Command::Upstream(args) => return upstream(&args).await,
             Command::Compare(args) => return compare(&args).await,
         };
-        print!("{report}");
+        out!("{report}")?;
         if let Some(path) = json {
             report.write_json(&path)?;
         }
@@ -193,17 +193,19 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     let outcome = crate::compare::run(args).await?;
     let report = &outcome.report;
-    println!("report written to {}", outcome.report_md.display());
+    outln!("report written to {}", outcome.report_md.display())?;
     for goal in &report.goals {
         let verdict = match goal.met {
             Some(true) => "met",
             Some(false) => "NOT met",
             None => "-",
         };
-        println!(
+        outln!(
             "  {}: {} (goal {}) {verdict}",
-            goal.what, goal.measured, goal.goal
-        );
+            goal.what,
+            goal.measured,
+            goal.goal
+        )?;
     }
     if args.smoke {
         let failed: Vec<String> = report
@@ -224,11 +226,11 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             outcome.report_md.display(),
             failed.join("; ")
         );
-        println!("smoke: every scenario completed against every target without errors");
+        outln!("smoke: every scenario completed against every target without errors")?;
     }
     if !report.regressions.is_empty() {
         for r in &report.regressions {
-            println!(
+            outln!(
                 "  REGRESSION {} / {} {}: {:.3} -> {:.3} ({:.0} % worse)",
                 r.scenario,
                 r.target,
@@ -236,7 +238,7 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
                 r.baseline,
                 r.now,
                 r.worse_by * 100.0
-            );
+            )?;
         }
         anyhow::bail!(
             "{} figures regressed beyond {:.0} % against the baseline; see {}",

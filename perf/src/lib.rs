@@ -17,6 +17,21 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` / `print!` that hand the write error back instead of panicking: a reader that
+/// stops early (`meshguard perf compare | head`) closes the pipe, and the command must end quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 pub mod cli;
 pub mod compare;
 pub mod connect;

@@ -176,7 +176,8 @@ pub async fn upstream(args: &UpstreamArgs) -> anyhow::Result<()> {
         .await?
         .with_response_delay(args.response_delay.unwrap_or_default());
     let addr = upstream.local_addr()?;
-    println!("meshguard perf upstream listening on {addr} (HTTP/1.1, HTTP/2, TCP echo)");
+    // It serves whether or not anyone still reads stdout.
+    let _ = outln!("meshguard perf upstream listening on {addr} (HTTP/1.1, HTTP/2, TCP echo)");
     tokio::select! {
         () = upstream.serve() => Ok(()),
         signal = tokio::signal::ctrl_c() => signal.context("could not wait for Ctrl-C"),

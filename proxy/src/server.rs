@@ -283,6 +283,7 @@ pub async fn start(
                     &inbound.upstream,
                     &metrics.upstream,
                     authorizer.clone(),
+                    lockout.clone(),
                     http_settings.clone(),
                     reporting,
                     config.timeouts.connect.get(),

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed step should fail the test at once
 
 mod support;
+mod tools;
 
 use std::net::SocketAddr;
 
@@ -218,6 +219,80 @@ async fn repeated_denials_block_the_principal_not_its_address_and_post_clear_lif
     assert_eq!(admin(&server, "POST", &clear, "").await.0, 200);
     let (_, body) = admin(&server, "GET", "/lockout", "").await;
     assert!(!body.contains("spiffe://"), "{body}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_http_requests_block_the_principal_on_its_open_connection_and_new_ones() {
+    if !tools::require("denied_http_requests_block_the_principal...", &["curl"]) {
+        return;
+    }
+    let ca = TestCa::new(TD);
+    let app = http_server().await;
+    let server = Workload::new(&ca, LEDGER);
+    let policy = server.write(
+        "policy/policy.toml",
+        &format!(
+            "default = \"deny\"\n[[policy]]\nname = \"payments-ok\"\naction = \"allow\"\n\
+             principals = [\"{}\"]\npaths = [\"/ok\"]\n",
+            id(PAYMENTS)
+        ),
+    );
+    let proxy = server
+        .start(&format!(
+            "[[inbound]]\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\nforward_to = \"{app}\"\n\
+             policy = \"{}\"\n[lockout]\nthreshold = 2\n{CONTROL}",
+            policy.display()
+        ))
+        .await;
+    let port = proxy.inbound_addrs[0].port();
+    let client = Workload::new(&ca, PAYMENTS);
+    // One curl, one kept-alive connection: allowed, denied twice (the threshold), then a request
+    // the policy allows, which the block now refuses on the same connection.
+    let curl = |paths: &[&str]| {
+        let mut command = tokio::process::Command::new("curl");
+        command
+            .args(["-sS", "--max-time", "20", "--http1.1", "--resolve"])
+            .arg(format!("localhost:{port}:127.0.0.1"))
+            .arg("--cert")
+            .arg(&client.files.cert)
+            .arg("--key")
+            .arg(&client.files.key)
+            .arg("--cacert")
+            .arg(&client.files.bundle)
+            .args(["-w", "%{http_code} %{num_connects}\\n"]);
+        for path in paths {
+            command.args(["-o", "/dev/null"]);
+            command.arg(format!("https://localhost:{port}{path}"));
+        }
+        command.output()
+    };
+    let output = curl(&["/ok", "/secret", "/secret", "/ok"]).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "200 1\n403 0\n403 0\n403 0\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = server
+        .wait_for_log(|l| l["rule"] == "lockout" && l["http"]["path"] == "/ok")
+        .await;
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .contains("locked out until"),
+        "{line}"
+    );
+    // A new connection is refused right after the handshake.
+    let output = curl(&["/ok"]).await.unwrap();
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).starts_with("200"),
+        "a blocked principal got through on a new connection: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let (_, body) = admin(&server, "GET", "/lockout", "").await;
+    assert!(body.contains(&id(PAYMENTS)), "{body}");
     proxy.shutdown().await;
 }
 

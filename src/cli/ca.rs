@@ -52,6 +52,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "spiffe_id"])))]
 struct RevokeArgs {
+    /// The CA's state directory (made by `meshguard ca init`: config, root certificate, audit log).
     #[arg(long)]
     state: PathBuf,
     /// The certificate's serial, hex as `openssl x509 -serial` and `meshguard ca list` print it.
@@ -74,6 +75,7 @@ struct StateArg {
 
 #[derive(Debug, clap::Args)]
 struct InitArgs {
+    /// The CA's state directory (made by `meshguard ca init`: config, root certificate, audit log).
     #[arg(long)]
     state: PathBuf,
     /// Trust domain, e.g. bank.example.
@@ -105,13 +107,16 @@ struct InitArgs {
 
 #[derive(Debug, clap::Args)]
 struct IssueArgs {
+    /// The CA's state directory (made by `meshguard ca init`: config, root certificate, audit log).
     #[arg(long)]
     state: PathBuf,
+    /// The workload's SPIFFE ID, e.g. spiffe://bank.example/ns/payments/sa/payments.
     #[arg(long)]
     spiffe_id: String,
     /// Directory for svid.pem, svid.key and bundle.pem.
     #[arg(long)]
     out: PathBuf,
+    /// SVID lifetime, e.g. 1h (default: the CA's --default-ttl; at most its --max-ttl).
     #[arg(long)]
     ttl: Option<String>,
     /// Additional DNS SANs.
@@ -123,10 +128,13 @@ struct IssueArgs {
 enum TokenCommand {
     /// Print a one-time bootstrap token bound to a SPIFFE ID.
     Create {
+        /// The CA's state directory (made by `meshguard ca init`: config, root certificate, audit log).
         #[arg(long)]
         state: PathBuf,
+        /// The workload's SPIFFE ID, e.g. spiffe://bank.example/ns/payments/sa/payments.
         #[arg(long)]
         spiffe_id: String,
+        /// How long the token can be redeemed, e.g. 15m (default 1h).
         #[arg(long)]
         ttl: Option<String>,
     },
@@ -134,6 +142,7 @@ enum TokenCommand {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
+    /// The CA's state directory (made by `meshguard ca init`: config, root certificate, audit log).
     #[arg(long)]
     state: PathBuf,
     /// Address to listen on, e.g. 127.0.0.1:8443 (port 0 picks one; the bound address is printed).
@@ -174,6 +183,7 @@ impl ServeArgs {
 
 #[derive(Debug, clap::Args)]
 struct BundleArgs {
+    /// The CA's state directory (made by `meshguard ca init`: config, root certificate, audit log).
     #[arg(long)]
     state: PathBuf,
     /// pem or spiffe (JWK Set).
@@ -217,26 +227,26 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let ca = Authority::init(&a.state, options, now)?;
             let status = ca.status()?;
-            println!(
+            outln!(
                 "initialised CA for trust domain {} in {}",
                 status.trust_domain,
                 a.state.display()
-            );
-            println!("key: {} [{}]", status.key_location, status.key_kind);
-            println!("root certificate: {}", ca.state().root_cert().display());
+            )?;
+            outln!("key: {} [{}]", status.key_location, status.key_kind)?;
+            outln!("root certificate: {}", ca.state().root_cert().display())?;
         }
         Command::Issue(a) => {
             let ca = Authority::open(&a.state, pin_from_env())?;
             let id = SpiffeId::parse(&a.spiffe_id).context("--spiffe-id")?;
             let ttl = a.ttl.as_deref().map(|t| duration("--ttl", t)).transpose()?;
             let issued = ca.issue_to_dir(&id, &a.dns, ttl, &a.out, now)?;
-            println!(
+            outln!(
                 "issued {} serial {} valid until {} into {}",
                 issued.spiffe_id,
                 issued.serial,
                 audit::timestamp(issued.not_after),
                 a.out.display()
-            );
+            )?;
         }
         Command::Token {
             command:
@@ -262,7 +272,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .unwrap_or(DEFAULT_TOKEN_TTL);
             let token =
                 meshguard_ca::tokens::TokenStore::new(state.tokens()).create(&id, ttl, now)?;
-            println!("{}", token.expose());
+            outln!("{}", token.expose())?;
         }
         Command::Serve(a) => {
             let limits = a.limits()?;
@@ -272,15 +282,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let server = meshguard_ca::serve::Server::bind(ca, &a.listen, &a.dns)
                     .await?
                     .with_limits(limits)?;
-                println!("listening on {}", server.local_addr());
+                // The server runs whether or not anyone still reads stdout.
+                let _ = outln!("listening on {}", server.local_addr());
                 server.run(shutdown_signal()).await
             })?;
         }
         Command::Bundle(a) => {
             let ca = open_without_key(&a.state)?;
             match a.format.as_str() {
-                "pem" => print!("{}", ca.0),
-                "spiffe" => println!("{}", ca.1),
+                "pem" => out!("{}", ca.0)?,
+                "spiffe" => outln!("{}", ca.1)?,
                 other => anyhow::bail!("unknown --format `{other}`; use pem or spiffe"),
             }
         }
@@ -297,7 +308,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 (None, None) => anyhow::bail!("give --serial or --spiffe-id"),
             };
             let serials = revocation::revoke(&state, &log, &target, &a.reason, SystemTime::now())?;
-            println!(
+            outln!(
                 "revoked {} certificate(s){}",
                 serials.len(),
                 if serials.is_empty() {
@@ -305,28 +316,33 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 } else {
                     format!(": {}", serials.join(", "))
                 }
-            );
+            )?;
             if let Target::SpiffeId(id) = &target {
-                println!(
+                outln!(
                     "renewals of {id} issued before now are refused; a new bootstrap token gives it a fresh chain"
-                );
+                )?;
             }
         }
         Command::List(a) => {
             let state = meshguard_ca::state::StateDir::new(&a.state);
             state.read_config()?;
             let log = audit::AuditLog::open(&state.audit())?;
-            println!(
+            outln!(
                 "{:<6} {:<20} {:<9} {:<9} {:<34} {:<22} SPIFFE ID / reason",
-                "SEQ", "TIME", "EVENT", "OUTCOME", "SERIAL", "NOT AFTER"
-            );
+                "SEQ",
+                "TIME",
+                "EVENT",
+                "OUTCOME",
+                "SERIAL",
+                "NOT AFTER"
+            )?;
             for r in log.records()? {
                 let e = &r.entry;
                 let what = match &e.reason {
                     Some(reason) => format!("{} ({reason})", e.spiffe_id.as_deref().unwrap_or("-")),
                     None => e.spiffe_id.clone().unwrap_or_default(),
                 };
-                println!(
+                outln!(
                     "{:<6} {:<20} {:<9} {:<9} {:<34} {:<22} {what}",
                     r.seq,
                     r.time,
@@ -334,7 +350,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                     format!("{:?}", e.outcome).to_lowercase(),
                     e.serial.as_deref().unwrap_or("-"),
                     e.not_after.as_deref().unwrap_or("-"),
-                );
+                )?;
             }
         }
         Command::Status(a) => {
@@ -343,29 +359,29 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 // A down HSM is a state to report, not a crash: show what the config says.
                 Err(meshguard_ca::CaError::HsmUnavailable(fault)) => {
                     let config = meshguard_ca::state::StateDir::new(&a.state).read_config()?;
-                    println!("trust domain:  {}", config.trust_domain);
-                    println!("key:           {}", config.key);
-                    println!("key status:    HSM unavailable: {fault}");
+                    outln!("trust domain:  {}", config.trust_domain)?;
+                    outln!("key:           {}", config.key)?;
+                    outln!("key status:    HSM unavailable: {fault}")?;
                     return Ok(ExitCode::from(1));
                 }
                 Err(other) => return Err(other.into()),
             };
             let s = ca.status()?;
-            println!("trust domain:  {}", s.trust_domain);
-            println!("key:           {} [{}]", s.key_location, s.key_kind);
-            println!("algorithm:     {}", s.algorithm.name());
+            outln!("trust domain:  {}", s.trust_domain)?;
+            outln!("key:           {} [{}]", s.key_location, s.key_kind)?;
+            outln!("algorithm:     {}", s.algorithm.name())?;
             match &s.key_unavailable {
-                None => println!("key status:    available"),
-                Some(why) => println!("key status:    HSM unavailable: {why}"),
+                None => outln!("key status:    available")?,
+                Some(why) => outln!("key status:    HSM unavailable: {why}")?,
             }
-            println!("root expires:  {}", s.root_not_after);
-            println!(
+            outln!("root expires:  {}", s.root_not_after)?;
+            outln!(
                 "SVID ttl:      default {}s, max {}s",
                 s.ttl.default_ttl.as_secs(),
                 s.ttl.max_ttl.as_secs()
-            );
-            println!("issued:        {}", s.issued);
-            println!("refused:       {}", s.refused);
+            )?;
+            outln!("issued:        {}", s.issued)?;
+            outln!("refused:       {}", s.refused)?;
         }
         Command::Audit {
             command: AuditCommand::Verify(a),
@@ -373,12 +389,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             let state = meshguard_ca::state::StateDir::new(&a.state);
             state.read_config()?;
             match audit::verify(&state.audit())? {
-                Ok(n) => println!("audit trail intact: {n} records"),
+                Ok(n) => outln!("audit trail intact: {n} records")?,
                 Err(broken) => {
-                    println!(
+                    outln!(
                         "audit trail BROKEN at line {}: {}",
-                        broken.line, broken.reason
-                    );
+                        broken.line,
+                        broken.reason
+                    )?;
                     return Ok(ExitCode::from(1));
                 }
             }

@@ -105,15 +105,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ => eprintln!("meshguard iptables: capture rules installed"),
         }
     } else {
-        print!(
+        out!(
             "{}",
             iptables::to_script(&programs.v4, &spec.install_rules(Family::V4))
-        );
+        )?;
         if !args.ipv4_only {
-            print!(
+            out!(
                 "{}",
                 iptables::to_script(&programs.v6, &spec.install_rules(Family::V6))
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -51,6 +51,7 @@ enum Command {
     Test {
         #[command(flatten)]
         load: Load,
+        /// The table of cases: `[[case]]` entries with an `input` and the expected outcome.
         #[arg(long, value_name = "CASES.toml")]
         cases: PathBuf,
     },
@@ -66,6 +67,7 @@ enum Command {
     Replay {
         #[command(flatten)]
         load: Load,
+        /// A meshguard JSON access log, one request per line; each is decided again.
         #[arg(long, value_name = "ACCESS.log")]
         log: PathBuf,
     },
@@ -158,15 +160,15 @@ fn check(args: &Load) -> anyhow::Result<ExitCode> {
             "default": set.default_mode().as_str(),
             "revision": &**set.revision(),
         });
-        println!("{out}");
+        outln!("{out}")?;
     } else {
-        println!(
+        outln!(
             "ok: {} policies in {} file(s), default {}, revision {}",
             set.policies().len(),
             args.files.len(),
             set.default_mode().as_str(),
             set.revision()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -188,49 +190,49 @@ fn eval(args: &Load, input: &Path) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(p, v)| json!({"policy": &**p.name(), "result": verdict_text(v, p, req.is_connection_level())}))
             .collect();
-        println!("{out}");
+        outln!("{out}")?;
         return Ok(ExitCode::SUCCESS);
     }
-    print_decision(&decision);
-    println!(
+    print_decision(&decision)?;
+    outln!(
         "explanation ({}):",
         if req.is_connection_level() {
             "connection-level request"
         } else {
             "HTTP request"
         }
-    );
+    )?;
     for (policy, verdict) in &explained {
         let enforce = if policy.enforce() { "" } else { ", dry-run" };
-        println!(
+        outln!(
             "  {} ({}{enforce}): {}",
             policy.name(),
             policy.action().as_str(),
             verdict_text(verdict, policy, req.is_connection_level())
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_decision(d: &Decision) {
-    println!("decision: {}", d.outcome);
-    println!(
+fn print_decision(d: &Decision) -> std::io::Result<()> {
+    outln!("decision: {}", d.outcome)?;
+    outln!(
         "policy:   {}",
         d.policy.as_deref().unwrap_or("(none: the default decided)")
-    );
+    )?;
     for reason in &d.reasons {
-        println!("reason:   {reason}");
+        outln!("reason:   {reason}")?;
     }
     if let Some(grant) = &d.break_glass {
-        println!("granted by {grant}");
+        outln!("granted by {grant}")?;
     }
     for dry in &d.dry_run {
-        println!("dry-run:  {} would {}", dry.policy, dry.outcome);
+        outln!("dry-run:  {} would {}", dry.policy, dry.outcome)?;
     }
     for audit in &d.audit {
-        println!("audit:    {audit} matched");
+        outln!("audit:    {audit} matched")?;
     }
-    println!("revision: {}", d.revision);
+    outln!("revision: {}", d.revision)
 }
 
 fn verdict_text(verdict: &Verdict, policy: &Policy, connection_level: bool) -> String {
@@ -289,20 +291,20 @@ fn test(args: &Load, cases_file: &Path) -> anyhow::Result<ExitCode> {
                 "failures": r.failures, "decision": r.decision.to_json(),
             })).collect::<Vec<_>>(),
         });
-        println!("{out}");
+        outln!("{out}")?;
     } else {
         for r in &results {
             if r.passed() {
-                println!("PASS {}", r.name);
+                outln!("PASS {}", r.name)?;
             } else {
-                println!("FAIL {} ({}): {}", r.name, r.at, r.failures.join("; "));
+                outln!("FAIL {} ({}): {}", r.name, r.at, r.failures.join("; "))?;
                 if !r.decision.reasons.is_empty() {
                     let reasons: Vec<&str> = r.decision.reasons.iter().map(|x| &**x).collect();
-                    println!("     reasons: {}", reasons.join("; "));
+                    outln!("     reasons: {}", reasons.join("; "))?;
                 }
             }
         }
-        println!("{} passed, {failed} failed", results.len() - failed);
+        outln!("{} passed, {failed} failed", results.len() - failed)?;
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -320,7 +322,7 @@ fn replay_log(args: &Load, log: &Path) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read the access log {}", log.display()))?;
     let report = replay::replay(&set, &text);
     if args.format == Format::Json {
-        println!("{}", replay_json(&report));
+        outln!("{}", replay_json(&report))?;
         return Ok(ExitCode::SUCCESS);
     }
     for change in &report.changed {
@@ -334,7 +336,7 @@ fn replay_log(args: &Load, log: &Path) -> anyhow::Result<ExitCode> {
             ),
         };
         let reasons: Vec<&str> = d.reasons.iter().map(|x| &**x).collect();
-        println!(
+        outln!(
             "line {}: {} -> {}  {what} from {} ({}{})",
             change.line,
             change.was,
@@ -348,7 +350,7 @@ fn replay_log(args: &Load, log: &Path) -> anyhow::Result<ExitCode> {
             } else {
                 format!(": {}", reasons.join("; "))
             },
-        );
+        )?;
     }
     for (line, why) in &report.skipped {
         eprintln!("{}:{line}: skipped: {why}", log.display());
@@ -358,14 +360,14 @@ fn replay_log(args: &Load, log: &Path) -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|c| c.now.outcome == meshguard_policy::Outcome::Deny)
         .count();
-    println!(
+    outln!(
         "{} of {} replayed requests would change ({newly_denied} newly denied, {} newly allowed); {} without a logged outcome, {} lines skipped",
         report.changed.len(),
         report.replayed,
         report.changed.len() - newly_denied,
         report.no_outcome,
         report.skipped.len()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -423,13 +425,13 @@ fn break_glass(args: &BreakGlassArgs) -> anyhow::Result<ExitCode> {
     let tmp = file.with_extension("toml.tmp");
     std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, file).with_context(|| format!("cannot replace {}", file.display()))?;
-    println!(
+    outln!(
         "break-glass granted to {} until {} ({}); written to {}",
         grant.principal,
         grant.expires,
         grant.reason,
         file.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -452,12 +454,12 @@ fn break_glass_via_admin(args: &BreakGlassArgs) -> anyhow::Result<ExitCode> {
     ));
     match posted {
         Ok(grant) => {
-            println!(
+            outln!(
                 "break-glass granted to {} until {} ({}); applied by the proxy at {admin}",
                 grant["principal"].as_str().unwrap_or_default(),
                 grant["expires"].as_str().unwrap_or_default(),
                 grant["reason"].as_str().unwrap_or_default(),
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(why) => {

@@ -23,10 +23,10 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = meshguard_proxy::Config::load(&args.config)?;
     if args.check {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&config.to_redacted_json())?
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -5,7 +5,9 @@
 //! Per request: request id, one authority and a normalized path (400 when either is refused), the
 //! request rewritten as the app will receive it, policy decision on that (403 or gRPC
 //! `PERMISSION_DENIED`), then the app. A denied or refused request leaves the connection open
-//! for the next one.
+//! for the next one. With `[lockout]`, each denial counts against the peer's SPIFFE ID as a
+//! denied connection does, and a peer blocked meanwhile gets 403 for every further request on
+//! the connections it already has (new ones are refused after the handshake).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use meshguard_policy::Request as PolicyRequest;
+use meshguard_policy::lockout::Failure;
 
 use super::authority::settle_authority;
 use super::body::ProxyBody;
@@ -28,11 +31,12 @@ use super::serve::{ServeOutcome, serve_connection};
 use super::settings::HttpSettings;
 use super::upgrade::{self, is_upgrade};
 use super::xfcc::set_xfcc;
-use crate::access_log::{ConnectionRecord, ErrorClass};
+use crate::access_log::{ConnectionRecord, ErrorClass, Outcome};
 use crate::authz::{self, Authorizer};
 use crate::balance::Upstream;
 use crate::balance::metrics::UpstreamMetrics;
 use crate::config::{Target, UpstreamConfig};
+use crate::lockout::LockoutGuard;
 
 /// One inbound HTTP listener's fixed parts.
 #[derive(Debug, Clone)]
@@ -46,6 +50,8 @@ struct Inner {
     /// The route's request timeout (retries included).
     request_timeout: Duration,
     authorizer: Authorizer,
+    /// Blocks after repeated denials, when `[lockout]` is configured.
+    lockout: Option<LockoutGuard>,
     settings: Arc<HttpSettings>,
     reporting: Reporting,
 }
@@ -100,6 +106,7 @@ impl InboundHttp {
         upstream: &UpstreamConfig,
         metrics: &UpstreamMetrics,
         authorizer: Authorizer,
+        lockout: Option<LockoutGuard>,
         settings: Arc<HttpSettings>,
         reporting: Reporting,
         connect_timeout: Duration,
@@ -126,6 +133,7 @@ impl InboundHttp {
                 upstream,
                 request_timeout,
                 authorizer,
+                lockout,
                 settings,
                 reporting,
             }),
@@ -226,9 +234,20 @@ impl Connection {
             strip_connection_headers(request.headers_mut());
         }
 
+        let principal = self.peer.peer_id.as_deref();
+        let lockout = proxy.lockout.as_ref().zip(principal);
+        if let Some(block) = lockout.and_then(|(guard, p)| guard.check(Some(p), None)) {
+            let reason = crate::lockout::refusal_reason(&block);
+            exchange.line.decision = Some(Outcome::Deny);
+            exchange.line.rule = Some("lockout".to_owned());
+            exchange.line.fail(ErrorClass::Policy, reason.clone());
+            let request_id = &exchange.fields.request_id;
+            let response = respond::denied(grpc, request_id, &reason, proxy.settings.detail);
+            return exchange.finish(response);
+        }
         let decision = {
             let mut facts = PolicyRequest::connection(jiff::Timestamp::now());
-            facts.principal = self.peer.peer_id.as_deref();
+            facts.principal = principal;
             facts.source_ip = Some(self.peer.source.ip());
             facts.port = Some(self.peer.port);
             facts.sni = self.peer.sni.as_deref();
@@ -243,6 +262,10 @@ impl Connection {
         exchange.fields.break_glass = decision.break_glass.is_some();
         exchange.set_decision();
         if !decision.is_allowed() {
+            if let Some((guard, principal)) = lockout {
+                // Only the identity is blamed: its address may be a whole NAT pool's.
+                guard.record(Failure::Denied { principal });
+            }
             exchange.line.error_class = Some(ErrorClass::Policy);
             let reason = exchange.line.reason.clone().unwrap_or_default();
             tracing::info!(

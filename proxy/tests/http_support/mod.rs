@@ -323,6 +323,7 @@ pub async fn start_pair(settings: HttpSettings) -> Pair {
             &UpstreamConfig::single(target(app)),
             &UpstreamMetrics::default(),
             authorizer,
+            None,
             settings.clone(),
             Reporting {
                 listener: "inbound:test".into(),
