@@ -1,6 +1,6 @@
 //! Continuous verification in the proxy: the `[lockout]` config, and the glue between the inbound
 //! listeners and the policy crate's [`Lockout`] table. Inbound listeners record policy denials of
-//! an authenticated peer against its SPIFFE ID only, and failed handshakes against the source
+//! an authenticated peer (of its connections and of its HTTP requests) against its SPIFFE ID only, and failed handshakes against the source
 //! address under the separate `[lockout.unauthenticated]` limits (an address is shared by everyone
 //! behind a NAT or gateway, so it gets a higher threshold and a shorter block). A caller that trips
 //! its threshold is refused (before the handshake by address, right after it by SPIFFE ID) until
