@@ -60,14 +60,31 @@ pub enum UpstreamError {
     #[error("{0}")]
     Connect(String),
     /// The HTTP/2 handshake failed.
-    #[error("HTTP/2 handshake with the upstream failed: {0}")]
+    #[error("HTTP/2 handshake with the upstream failed: {}", with_causes(.0))]
     Handshake(#[source] hyper::Error),
     /// The request failed on an open connection.
-    #[error("the upstream failed the request: {0}")]
+    #[error("the upstream failed the request: {}", with_causes(.0))]
     Request(#[source] hyper::Error),
     /// The HTTP/1.1 client failed.
-    #[error("the upstream failed the request: {0}")]
+    #[error("the upstream failed the request: {}", with_causes(.0))]
     Client(#[source] hyper_util::client::legacy::Error),
+}
+
+/// `error` and each of its causes, joined by `: `. hyper's own text is only the category
+/// ("client error (Connect)", "connection closed before message completed"); the operator
+/// reading the log or the 502 needs the cause under it ("Connection refused").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let line = next.to_string();
+        if !text.ends_with(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = next.source();
+    }
+    text
 }
 
 impl UpstreamError {
@@ -210,4 +227,27 @@ pub fn http1_client(
             target,
             timeout: connect_timeout,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("tcp connect error")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn the_cause_under_hypers_category_is_spelled_out() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let text = with_causes(&Outer(Inner(refused)));
+        assert_eq!(
+            text,
+            "client error (Connect): tcp connect error: connection refused"
+        );
+    }
 }
