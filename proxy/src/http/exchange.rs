@@ -10,7 +10,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::body::{Counted, ProxyBody, boxed};
+use super::dispatch::{DispatchError, Dispatched};
 use super::metrics::HttpMetrics;
+use super::orig_proto::strip_connection_headers;
 use super::record::{HttpFields, version_name};
 use super::request_id::{ensure_request_id, trace_id};
 use super::respond::{Detail, bad_request, upstream_failed};
@@ -151,6 +153,43 @@ impl Exchange {
         let response = upstream_failed(grpc, timed_out, &self.fields.request_id, &reason, detail);
         self.line.fail(ErrorClass::Upstream, reason);
         self.finish(response)
+    }
+
+    /// Answers the client with what dispatching the request gave: the response (its
+    /// connection-specific headers stripped), 400 when the client's body broke while it was read,
+    /// 504 or 502 naming `upstream` (e.g. "the app") and the endpoint tried. The endpoint and the
+    /// attempts go on the log line first; `on_failure(endpoint, reason)` sees a failure that is
+    /// not a timeout before the client does.
+    pub fn answer(
+        mut self,
+        dispatched: Dispatched,
+        grpc: bool,
+        detail: Detail,
+        upstream: &str,
+        on_failure: impl FnOnce(&str, &str),
+    ) -> Response<ProxyBody> {
+        dispatched.record(&mut self.line);
+        let error = match dispatched.result {
+            Ok(mut response) => {
+                strip_connection_headers(response.headers_mut());
+                return self.finish(response);
+            }
+            Err(DispatchError::Body(error)) => {
+                let reason = format!("reading the request body failed: {error}");
+                return self.refuse(grpc, "bad_body", &reason);
+            }
+            Err(error) => error,
+        };
+        let endpoint = self.line.upstream.as_deref().unwrap_or_default();
+        let timed_out = matches!(error, DispatchError::TimedOut(_));
+        let reason = if timed_out {
+            format!("{upstream} at {endpoint} did not answer: {error}")
+        } else {
+            let reason = format!("{upstream} at {endpoint} failed: {error}");
+            on_failure(endpoint, &reason);
+            reason
+        };
+        self.fail_upstream(grpc, timed_out, reason, detail)
     }
 
     /// Wraps the response so that the log line is written and the metrics counted when its body

@@ -21,7 +21,7 @@ use meshguard_policy::lockout::Failure;
 
 use super::authority::settle_authority;
 use super::body::ProxyBody;
-use super::dispatch::{DispatchError, dispatch};
+use super::dispatch::dispatch;
 use super::exchange::{Exchange, InFlight, Reporting};
 use super::normalize::normalize_path;
 use super::orig_proto::{restore_version, strip_connection_headers};
@@ -311,28 +311,13 @@ impl Connection {
             },
         )
         .await;
-        dispatched.record(&mut exchange.line);
-        match dispatched.result {
-            Ok(mut response) => {
-                strip_connection_headers(response.headers_mut());
-                exchange.finish(response)
-            }
-            Err(DispatchError::Body(error)) => exchange.refuse(
-                grpc,
-                "bad_body",
-                &format!("reading the request body failed: {error}"),
-            ),
-            Err(error @ DispatchError::TimedOut(_)) => {
-                let app = exchange.line.upstream.as_deref().unwrap_or_default();
-                let reason = format!("the app at {app} did not answer: {error}");
-                exchange.fail_upstream(grpc, true, reason, proxy.settings.detail)
-            }
-            Err(error) => {
-                let app = exchange.line.upstream.as_deref().unwrap_or_default();
-                let reason = format!("the app at {app} failed: {error}");
-                exchange.fail_upstream(grpc, false, reason, proxy.settings.detail)
-            }
-        }
+        exchange.answer(
+            dispatched,
+            grpc,
+            proxy.settings.detail,
+            "the app",
+            |_, _| {},
+        )
     }
 }
 

@@ -15,9 +15,9 @@ use tokio_rustls::TlsConnector;
 
 use super::authority::settle_authority;
 use super::body::ProxyBody;
-use super::dispatch::{DispatchError, dispatch};
+use super::dispatch::dispatch;
 use super::exchange::{Exchange, InFlight, Reporting};
-use super::orig_proto::{strip_connection_headers, upgrade_to_h2};
+use super::orig_proto::upgrade_to_h2;
 use super::pool::{Connector, H2Pool, Io, UpstreamError};
 use super::respond;
 use super::serve::{ServeOutcome, serve_connection};
@@ -226,29 +226,10 @@ impl Connection {
         )
         .await;
         proxy.fill_peer_tls(&mut exchange.line);
-        dispatched.record(&mut exchange.line);
-        match dispatched.result {
-            Ok(mut response) => {
-                strip_connection_headers(response.headers_mut());
-                exchange.finish(response)
-            }
-            Err(DispatchError::Body(error)) => exchange.refuse(
-                grpc,
-                "bad_body",
-                &format!("reading the request body failed: {error}"),
-            ),
-            Err(error @ DispatchError::TimedOut(_)) => {
-                let peer = exchange.line.upstream.as_deref().unwrap_or_default();
-                let reason = format!("the peer sidecar at {peer} did not answer: {error}");
-                exchange.fail_upstream(grpc, true, reason, proxy.settings.detail)
-            }
-            Err(error) => {
-                let peer = exchange.line.upstream.as_deref().unwrap_or_default();
-                let reason = format!("the peer sidecar at {peer} failed: {error}");
-                tracing::warn!(listener = %proxy.reporting.listener, upstream = %peer, %reason, "outbound request failed");
-                exchange.fail_upstream(grpc, false, reason, proxy.settings.detail)
-            }
-        }
+        let detail = proxy.settings.detail;
+        exchange.answer(dispatched, grpc, detail, "the peer sidecar", |peer, reason| {
+            tracing::warn!(listener = %proxy.reporting.listener, upstream = %peer, %reason, "outbound request failed");
+        })
     }
 }
 
