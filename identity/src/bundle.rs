@@ -65,6 +65,15 @@ impl TrustBundle {
                     });
                 }
             }
+            // A bundle is also published (`/v1/bundle?format=spiffe`, federation), so a root whose
+            // key has no JWK form is refused here rather than failing at the first publication.
+            if let Err(reason) = jwk_for_root(root) {
+                return Err(IdentityError::UnsupportedRootKey {
+                    trust_domain,
+                    index,
+                    reason,
+                });
+            }
         }
         Ok(Self {
             trust_domain,

@@ -184,6 +184,14 @@ pub enum IdentityError {
         #[source]
         reason: webpki::Error,
     },
+    #[error(
+        "root certificate {index} of the bundle for {trust_domain} has a key meshguard can neither check nor publish ({reason}); use an EC P-256 or P-384, RSA or Ed25519 root"
+    )]
+    UnsupportedRootKey {
+        trust_domain: TrustDomain,
+        index: usize,
+        reason: String,
+    },
     #[error("the SPIFFE bundle (JWK Set) for {trust_domain} is invalid: {reason}")]
     BundleJson {
         trust_domain: TrustDomain,

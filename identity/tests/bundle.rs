@@ -95,3 +95,41 @@ fn bad_bundles_say_what_is_wrong() {
     let err = TrustBundle::new(td("bank.example"), vec![]).unwrap_err();
     assert!(matches!(err, IdentityError::EmptyBundle { .. }), "{err:?}");
 }
+
+/// Found by `fuzz/fuzz_targets/bundle_jwks.rs`: a root whose SubjectPublicKeyInfo names an
+/// algorithm nobody implements was accepted (webpki does not look at it) and only failed when the
+/// bundle was published again as a JWK Set. It is refused on the way in, from either format.
+#[test]
+fn a_root_with_an_unknown_key_algorithm_is_refused_on_the_way_in() {
+    use base64::Engine;
+    let ca = TestCa::new("bank.example");
+    let mut der = ca.root_der().to_vec();
+    // id-ecPublicKey, 1.2.840.10045.2.1, becomes 1.2.840.10045.27.1.
+    let oid = [0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+    let at = der.windows(oid.len()).position(|w| w == oid).unwrap();
+    der[at + 7] = 0x1B;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    let json = format!(r#"{{"keys":[{{"use":"x509-svid","kty":"EC","x5c":["{b64}"]}}]}}"#);
+    let err = TrustBundle::from_spiffe_json(td("bank.example"), json.as_bytes()).unwrap_err();
+    assert!(
+        matches!(err, IdentityError::UnsupportedRootKey { index: 0, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("use an EC P-256 or P-384, RSA or Ed25519 root")
+    );
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        b64.as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let err = TrustBundle::from_pem(td("bank.example"), pem.as_bytes()).unwrap_err();
+    assert!(
+        matches!(err, IdentityError::UnsupportedRootKey { .. }),
+        "{err:?}"
+    );
+}

@@ -21,17 +21,26 @@ use crate::secret::Secret;
 /// Largest request body accepted (a CSR is well under 2 KiB).
 const MAX_BODY: usize = 64 * 1024;
 
+/// The body of `POST /v1/sign`: a one-time bootstrap token and a CSR (PEM).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SignRequest {
-    token: String,
-    csr: String,
+#[allow(missing_debug_implementations)] // holds a token; never printed
+pub struct SignRequest {
+    pub token: String,
+    pub csr: String,
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/renew`: a CSR (PEM); the caller proves itself with its current SVID.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RenewRequest {
-    csr: String,
+pub struct RenewRequest {
+    pub csr: String,
+}
+
+/// Decodes a request body as the API does, naming what is wrong in the words a client gets back.
+pub fn decode_body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| format!("the request body is not the expected JSON: {e}"))
 }
 
 /// A successful issuance, as the API returns it.
@@ -194,13 +203,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
             ));
         }
     };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            &format!("the request body is not the expected JSON: {e}"),
-        )
-    })
+    decode_body(&bytes).map_err(|message| error(StatusCode::BAD_REQUEST, "bad_json", &message))
 }
 
 fn issued(ca: &Authority, result: Result<Issued, CaError>) -> Response<Full<Bytes>> {

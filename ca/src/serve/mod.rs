@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::authority::{Authority, ClientCert};
 use crate::error::CaError;
-pub use api::{ErrorResponse, IssueResponse};
+pub use api::{ErrorResponse, IssueResponse, RenewRequest, SignRequest, decode_body};
 use limits::Gate;
 pub use limits::Limits;
 

@@ -8,6 +8,9 @@
 //! 1. The path must be origin-form (`/...`) or `*`.
 //! 2. Percent-encodings of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded; other
 //!    encodings stay, with upper-case hex. A `%` not followed by two hex digits is refused.
+//!    Raw bytes outside ASCII (UTF-8 that a lenient client sent unencoded) are percent-encoded,
+//!    upper-case, as RFC 3986 §2.1 asks: there is one spelling of such a path, and the app decodes
+//!    it to the very bytes the client sent.
 //! 3. Encodings that change how a path splits are refused: `%2F` (`/`), `%5C` (`\`), `%00`.
 //!    A raw `\` is refused too (some servers treat it as a separator).
 //! 4. Matrix parameters are refused, raw (`;`) or encoded (`%3B`): Java servers (Tomcat, Jetty,
@@ -117,7 +120,11 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// The fast path: no `%`, `\`, `//` or dot segment.
 fn is_already_normal(path: &str) -> bool {
     let bytes = path.as_bytes();
-    if bytes.iter().any(|b| matches!(b, b'%' | b'\\' | b';')) || path.contains("//") {
+    if bytes
+        .iter()
+        .any(|b| matches!(b, b'%' | b'\\' | b';') || !b.is_ascii())
+        || path.contains("//")
+    {
         return false;
     }
     !path[1..].split('/').any(|s| s == "." || s == "..")
@@ -147,11 +154,6 @@ fn decode_segment(raw: &str) -> Result<(String, bool), PathError> {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     0 => return Err(PathError::EncodedNul),
                     b';' => return Err(PathError::MatrixParameter),
-                    b'%' if bytes.get(i + 3).is_some_and(|b| hex(b).is_some())
-                        && bytes.get(i + 4).is_some_and(|b| hex(b).is_some()) =>
-                    {
-                        return Err(PathError::DoubleEncoded);
-                    }
                     _ if is_unreserved(decoded) => {
                         encoded_dot |= decoded == b'.';
                         out.push(char::from(decoded));
@@ -164,11 +166,27 @@ fn decode_segment(raw: &str) -> Result<(String, bool), PathError> {
                 }
                 i += 3;
             }
+            _ if !b.is_ascii() => {
+                // One byte of a UTF-8 sequence: as a `char` it would be a different character.
+                out.push('%');
+                out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
+                out.push(char::from(HEX_UPPER[usize::from(b & 0xF)]));
+                i += 1;
+            }
             _ => {
                 out.push(char::from(b));
                 i += 1;
             }
         }
+    }
+    // `%25` then two hex digits, looked for in the result rather than the input: an escape decoded
+    // next to it (`%25f%65` gives `%25fe`) sets the same trap for a second decoding.
+    let double = out
+        .as_bytes()
+        .windows(5)
+        .any(|w| w.starts_with(b"%25") && hex(&w[3]).is_some() && hex(&w[4]).is_some());
+    if double {
+        return Err(PathError::DoubleEncoded);
     }
     Ok((out, encoded_dot))
 }
@@ -291,6 +309,33 @@ mod tests {
         out
     }
 
+    /// Found by `fuzz/fuzz_targets/normalize_path.rs`: `%25` stayed when the next two raw bytes
+    /// were not both hex, even though decoding made them so (`%25f%65` to `%25fe`), and a second
+    /// pass (the app's decoding) then met a double encoding.
+    #[test]
+    fn double_encoding_assembled_by_decoding_is_refused() {
+        assert_eq!(norm("/%25f%65"), Err(PathError::DoubleEncoded));
+        assert_eq!(
+            norm("//%25f%65/%25E%5aE/%65E%2E"),
+            Err(PathError::DoubleEncoded)
+        );
+        assert_eq!(norm("/%25%34%31"), Err(PathError::DoubleEncoded));
+        assert_eq!(norm("/%25zz"), Ok("/%25zz".to_owned()));
+    }
+
+    /// Found by `fuzz/fuzz_targets/normalize_path.rs`: raw UTF-8 in a path that needed work was
+    /// copied byte by byte as Latin-1 characters, so `/߆/%41` became `/ß\u{86}/A` and a second
+    /// pass changed it again.
+    #[test]
+    fn raw_utf8_is_percent_encoded_once() {
+        assert_eq!(norm("/\u{7c6}/%41"), Ok("/%DF%86/A".to_owned()));
+        assert_eq!(norm("/café"), Ok("/caf%C3%A9".to_owned()));
+        assert_eq!(norm("/caf%C3%A9"), Ok("/caf%C3%A9".to_owned()));
+        let out = norm("/a.%C3.//\u{7c6}c").expect("a valid path");
+        assert_eq!(norm(&out), Ok(out.clone()));
+        assert!(out.is_ascii());
+    }
+
     fn path_strategy() -> impl Strategy<Value = String> {
         let piece = prop_oneof![
             Just("/".to_owned()),
@@ -302,6 +347,7 @@ mod tests {
             Just("%c3%a9".to_owned()),
             Just("%".to_owned()),
             Just("\\".to_owned()),
+            Just("é".to_owned()),
             "[a-z;~_-]{1,3}",
         ];
         prop::collection::vec(piece, 0..12).prop_map(|v| format!("/{}", v.concat()))
