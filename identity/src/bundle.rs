@@ -355,8 +355,8 @@ struct Jwk {
 /// Fills the JWK's key parameters from the root's SubjectPublicKeyInfo.
 fn jwk_for_root(der: &CertificateDer<'_>) -> Result<Jwk, String> {
     use x509_parser::oid_registry::{
-        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-        OID_SIG_ED25519,
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
+        OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
     };
     use x509_parser::public_key::PublicKey;
 
@@ -377,6 +377,8 @@ fn jwk_for_root(der: &CertificateDer<'_>) -> Result<Jwk, String> {
         let (crv, len) = match curve {
             Some(oid) if oid == OID_EC_P256 => ("P-256", 32),
             Some(oid) if oid == OID_NIST_EC_P384 => ("P-384", 48),
+            // rustls verifies P-521 signatures, so such a root is usable and must be publishable.
+            Some(oid) if oid == OID_NIST_EC_P521 => ("P-521", 66),
             _ => return Err("unsupported elliptic curve".to_owned()),
         };
         let point = spki.subject_public_key.data.as_ref();

@@ -185,7 +185,7 @@ pub enum IdentityError {
         reason: webpki::Error,
     },
     #[error(
-        "root certificate {index} of the bundle for {trust_domain} has a key meshguard can neither check nor publish ({reason}); use an EC P-256 or P-384, RSA or Ed25519 root"
+        "root certificate {index} of the bundle for {trust_domain} has a key meshguard can neither check nor publish ({reason}); use an EC (P-256, P-384 or P-521), RSA or Ed25519 root"
     )]
     UnsupportedRootKey {
         trust_domain: TrustDomain,

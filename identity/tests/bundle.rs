@@ -117,7 +117,7 @@ fn a_root_with_an_unknown_key_algorithm_is_refused_on_the_way_in() {
     );
     assert!(
         err.to_string()
-            .contains("use an EC P-256 or P-384, RSA or Ed25519 root")
+            .contains("use an EC (P-256, P-384 or P-521), RSA or Ed25519 root")
     );
     let pem = format!(
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
@@ -132,4 +132,19 @@ fn a_root_with_an_unknown_key_algorithm_is_refused_on_the_way_in() {
         matches!(err, IdentityError::UnsupportedRootKey { .. }),
         "{err:?}"
     );
+}
+
+/// Refusing keys without a JWK form must not refuse roots rustls can verify: a P-521 root (a
+/// curve some enterprise PKIs and SPIRE upstream authorities use) loads and round-trips.
+#[test]
+fn a_p521_root_loads_and_round_trips_as_a_jwk_set() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let root = params.self_signed(&key).unwrap();
+    let bundle = TrustBundle::from_pem(td("bank.example"), root.pem().as_bytes()).unwrap();
+    let json = bundle.to_spiffe_json().unwrap();
+    assert!(json.contains("\"P-521\""), "{json}");
+    let again = TrustBundle::from_spiffe_json(td("bank.example"), json.as_bytes()).unwrap();
+    assert_eq!(again.roots(), bundle.roots());
 }
