@@ -158,19 +158,13 @@ fn decode_segment(raw: &str) -> Result<(String, bool), PathError> {
                         encoded_dot |= decoded == b'.';
                         out.push(char::from(decoded));
                     }
-                    _ => {
-                        out.push('%');
-                        out.push(char::from(HEX_UPPER[usize::from(hi)]));
-                        out.push(char::from(HEX_UPPER[usize::from(lo)]));
-                    }
+                    _ => push_escape(&mut out, decoded),
                 }
                 i += 3;
             }
             _ if !b.is_ascii() => {
                 // One byte of a UTF-8 sequence: as a `char` it would be a different character.
-                out.push('%');
-                out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
-                out.push(char::from(HEX_UPPER[usize::from(b & 0xF)]));
+                push_escape(&mut out, b);
                 i += 1;
             }
             _ => {
@@ -192,6 +186,13 @@ fn decode_segment(raw: &str) -> Result<(String, bool), PathError> {
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Writes `byte` as `%XX`, upper-case: the one spelling of an escape in a normal path.
+fn push_escape(out: &mut String, byte: u8) {
+    out.push('%');
+    out.push(char::from(HEX_UPPER[usize::from(byte >> 4)]));
+    out.push(char::from(HEX_UPPER[usize::from(byte & 0xF)]));
+}
 
 fn hex(b: &u8) -> Option<u8> {
     match b {
