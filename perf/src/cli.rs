@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use crate::compare::CompareArgs;
 use crate::measure::{handshake, http, tcp, upstream};
 use crate::rate::{Rate, parse_duration};
+use crate::soak::SoakArgs;
 use crate::tls::TlsFiles;
 
 /// `meshguard perf` subcommands.
@@ -26,6 +27,9 @@ pub enum Command {
     /// Build direct, meshguard and peer proxies on loopback, run every scenario against each
     /// (interleaved) and write report.md, report.json and SVG charts.
     Compare(CompareArgs),
+    /// A bounded mixed run through a sidecar pair (good requests, bad clients, rotations, policy
+    /// edits) that passes only when nothing failed and descriptors and memory return afterwards.
+    Soak(SoakArgs),
 }
 
 /// Options every load mode shares.
@@ -158,7 +162,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Handshake(a) => a.load.threads,
         Command::Tcp(a) => a.load.threads,
         Command::Upstream(a) => a.threads,
-        Command::Compare(_) => None,
+        Command::Compare(_) | Command::Soak(_) => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = threads {
@@ -175,6 +179,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Command::Tcp(args) => (tcp(&args).await?, args.load.json),
             Command::Upstream(args) => return upstream(&args).await,
             Command::Compare(args) => return compare(&args).await,
+            Command::Soak(args) => return soak(&args).await,
         };
         out!("{report}")?;
         if let Some(path) = json {
@@ -187,6 +192,19 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// `perf soak`: runs, prints the report and fails when any check failed.
+async fn soak(args: &SoakArgs) -> anyhow::Result<()> {
+    let report = crate::soak::run(args).await?;
+    out!("{report}")?;
+    outln!("report written to {}", args.out.join("report.md").display())?;
+    anyhow::ensure!(
+        report.passed,
+        "the soak failed: see the FAILED checks above and the sidecar logs in {}",
+        args.out.join("run/logs").display()
+    );
+    Ok(())
 }
 
 /// `perf compare`: runs, writes the report, and fails on errors in `--smoke` or on regressions.

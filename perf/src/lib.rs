@@ -11,6 +11,8 @@
 //! - [`http`], [`handshake`], [`tcp`]: the `perf http`, `perf handshake` and `perf tcp` modes.
 //! - [`upstream`]: the built-in fast upstream (HTTP/1.1, HTTP/2 and TCP echo on one port).
 //! - [`measure`]: each mode's run, from arguments to [`report::Report`].
+//! - [`soak`]: `perf soak`, the bounded mixed run through a sidecar pair that checks the proxy
+//!   gives back every descriptor and its memory afterwards.
 //! - [`cli`]: the `meshguard perf` arguments and the runtime that runs them.
 //! - `benches/`: criterion benches of the fast path: full and resumed mTLS handshakes in memory,
 //!   and the copy loop over an in-memory duplex and loopback TCP.
@@ -43,6 +45,7 @@ pub mod pacer;
 pub mod rate;
 pub mod recorder;
 pub mod report;
+pub mod soak;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;

@@ -29,7 +29,9 @@ async fn run(args: &[&str]) -> anyhow::Result<Report> {
         Command::Http(a) => measure::http(&a).await,
         Command::Handshake(a) => measure::handshake(&a).await,
         Command::Tcp(a) => measure::tcp(&a).await,
-        Command::Upstream(_) | Command::Compare(_) => unreachable!("not a load mode"),
+        Command::Upstream(_) | Command::Compare(_) | Command::Soak(_) => {
+            unreachable!("not a load mode")
+        }
     }
 }
 

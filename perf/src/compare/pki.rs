@@ -77,8 +77,29 @@ impl Pki {
     /// An SVID for `spiffe://perf.meshguard.test/<name>`, valid for a day: the run outlasts no
     /// rotation, so rotation costs stay out of the figures.
     pub fn issue(&self, name: &str) -> anyhow::Result<SvidFiles> {
-        let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/{name}");
         let now = SystemTime::now();
+        let signed = self.sign(name, now - Duration::from_secs(300), now + DAY)?;
+        let chain = self.dir.join(format!("{name}.pem"));
+        let key_path = self.dir.join(format!("{name}.key"));
+        write(&chain, &signed.chain_pem)?;
+        write(&key_path, &signed.key_pem)?;
+        Ok(SvidFiles {
+            spiffe_id: signed.spiffe_id,
+            chain,
+            key: key_path,
+            bundle: self.bundle.clone(),
+        })
+    }
+
+    /// A new key and an SVID for `spiffe://perf.meshguard.test/<name>` valid from `not_before` to
+    /// `not_after`, as PEM, written nowhere: the soak rotates and forges with these.
+    pub fn sign(
+        &self,
+        name: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> anyhow::Result<SignedSvid> {
+        let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/{name}");
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.is_ca = IsCa::ExplicitNoCa;
@@ -89,23 +110,29 @@ impl Pki {
         ];
         params.subject_alt_names = vec![uri(&spiffe_id)?];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = (now - Duration::from_secs(300)).into();
-        params.not_after = (now + DAY).into();
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
         let key = KeyPair::generate().context("could not generate an SVID key")?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .with_context(|| format!("could not sign the SVID of {spiffe_id}"))?;
-        let chain = self.dir.join(format!("{name}.pem"));
-        let key_path = self.dir.join(format!("{name}.key"));
-        write(&chain, &cert.pem())?;
-        write(&key_path, &key.serialize_pem())?;
-        Ok(SvidFiles {
+        Ok(SignedSvid {
             spiffe_id,
-            chain,
-            key: key_path,
-            bundle: self.bundle.clone(),
+            chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            leaf_der: cert.der().to_vec(),
         })
     }
+}
+
+/// An SVID and its key in memory.
+#[derive(Debug, Clone)]
+pub struct SignedSvid {
+    pub spiffe_id: String,
+    pub chain_pem: String,
+    pub key_pem: String,
+    /// The leaf certificate as DER, to recognise it when a server presents it.
+    pub leaf_der: Vec<u8>,
 }
 
 fn uri(s: &str) -> anyhow::Result<SanType> {

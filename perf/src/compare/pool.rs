@@ -107,7 +107,7 @@ fn replica_name(index: usize, generation: u32) -> String {
 
 /// Starts `meshguard perf upstream` (one thread) on `addr` as `name`, behind mTLS with `tls`, and
 /// waits until it accepts connections.
-pub(super) fn spawn_upstream(
+pub(crate) fn spawn_upstream(
     meshguard: &Path,
     logs: &Path,
     name: &str,

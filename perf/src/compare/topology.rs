@@ -382,7 +382,7 @@ fn mtls(addr: SocketAddr, client: &SvidFiles, server: &SvidFiles) -> Endpoint {
 }
 
 /// Allows the load generator and the client-side sidecar, nobody else (default deny).
-fn policy_toml(principals: &[&str]) -> String {
+pub(crate) fn policy_toml(principals: &[&str]) -> String {
     let list = principals
         .iter()
         .map(|p| format!("{p:?}"))
@@ -396,7 +396,7 @@ fn policy_toml(principals: &[&str]) -> String {
 
 /// The part of a sidecar config every sidecar shares. Keep-alive limits are raised so the
 /// proxy never closes a connection in the middle of a measured run.
-fn sidecar_config(svid: &SvidFiles, admin: SocketAddr, access_log: &Path) -> String {
+pub(crate) fn sidecar_config(svid: &SvidFiles, admin: SocketAddr, access_log: &Path) -> String {
     format!(
         "[identity]\nfiles = {{ cert = {:?}, key = {:?}, bundle = {:?} }}\n\n\
          [admin]\nlisten = \"{admin}\"\n\n\
@@ -419,7 +419,7 @@ fn pool_upstream(endpoints: &[SocketAddr]) -> String {
 
 /// One `[[inbound]]` or `[[outbound]]` table; `name` is its name and `to` its destination line
 /// (`forward_to = "..."`, `target = "..."` or `upstream = { ... }`).
-fn listener(
+pub(crate) fn listener(
     name: &str,
     protocol: &str,
     listen: SocketAddr,
