@@ -157,11 +157,11 @@ impl Arsenal {
     async fn run(&self, kind: BadClient, host: u8) -> std::io::Result<Outcome> {
         let mut tcp = connect_from(host, self.target).await?;
         let request: Vec<u8> = match kind {
-            BadClient::NoClientCert => get("/", "soak")?,
-            BadClient::UntrustedCa => get("/", "soak")?,
-            BadClient::ExpiredSvid => get("/", "soak")?,
-            BadClient::DeniedIdentity => get("/", "soak")?,
-            BadClient::EncodedTraversal => get("/public/%2e%2e/admin", "soak")?,
+            BadClient::NoClientCert
+            | BadClient::UntrustedCa
+            | BadClient::ExpiredSvid
+            | BadClient::DeniedIdentity => get("/"),
+            BadClient::EncodedTraversal => get("/public/%2e%2e/admin"),
             BadClient::ConflictingHost => {
                 b"GET http://one.example/ HTTP/1.1\r\nhost: two.example\r\n\r\n".to_vec()
             }
@@ -173,7 +173,7 @@ impl Arsenal {
                 r.extend_from_slice(b"\r\n");
                 r
             }
-            BadClient::PlaintextHttp => return raw(&mut tcp, &get("/", "soak")?, None).await,
+            BadClient::PlaintextHttp => return raw(&mut tcp, &get("/"), None).await,
             BadClient::Garbage => {
                 let bytes: Vec<u8> = (0..1024).map(|_| rand::random::<u8>()).collect();
                 return raw(&mut tcp, &bytes, None).await;
@@ -229,8 +229,8 @@ async fn connect_from(host: u8, target: SocketAddr) -> std::io::Result<TcpStream
     socket.connect(target).await
 }
 
-fn get(path: &str, host: &str) -> std::io::Result<Vec<u8>> {
-    Ok(format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").into_bytes())
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nhost: soak\r\nconnection: close\r\n\r\n").into_bytes()
 }
 
 /// Writes `bytes` in the clear, optionally stays silent for `hold`, and reads whatever comes back.
