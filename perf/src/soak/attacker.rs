@@ -2,6 +2,11 @@
 //! care who it talks to, and the soak must see the certificate a sidecar serves after a rotation)
 //! and presents whatever chain it is given, valid or not, skipping the checks the load generator's
 //! own profile would make before sending a bad certificate.
+//!
+//! identity's `dangerous_client_config_without_server_verification` does the same for tests, but
+//! it sits behind the `test-util` feature on purpose: enabling that feature for the `meshguard`
+//! binary (perf is linked into it) would put the test CA and every escape hatch into the proxy's
+//! build. The attacker is perf's job, so its verifier lives here, in the load tester only.
 
 use std::sync::Arc;
 

@@ -154,6 +154,7 @@ async fn chaos(
         &std::fs::read_to_string(&pair.prober.key)?,
     )))?;
     let mut attempts = JoinSet::new();
+    let mut probes = JoinSet::new();
     let mut sent: u64 = 0;
     loop {
         tokio::select! {
@@ -170,9 +171,14 @@ async fn chaos(
                 let served = pair.rotate(&pair.inbound_svid)?;
                 pair.rotate(&pair.outbound_svid)?;
                 outcome.rotations += 1;
-                if serves_within(pair, &prober, &served.leaf_der, Duration::from_secs(10)).await {
-                    outcome.rotations_seen += 1;
-                }
+                // Probed in its own task: up to 10 s of polling must not hold back the bad
+                // clients, edits and samples this loop paces.
+                probes.spawn(serves_within(
+                    pair.inbound,
+                    Arc::clone(&prober),
+                    served.leaf_der,
+                    Duration::from_secs(10),
+                ));
             }
             _ = reload_tick.tick() => {
                 *edits += 1;
@@ -187,6 +193,9 @@ async fn chaos(
                 }
             }
             Some(done) = attempts.join_next(), if !attempts.is_empty() => record(outcome, done?),
+            Some(seen) = probes.join_next(), if !probes.is_empty() => {
+                outcome.rotations_seen += u64::from(seen?);
+            }
         }
     }
     // A broken edit must not outlive the phase: the next phase and the final checks start from a
@@ -198,6 +207,9 @@ async fn chaos(
     }
     while let Some(done) = attempts.join_next().await {
         record(outcome, done?);
+    }
+    while let Some(seen) = probes.join_next().await {
+        outcome.rotations_seen += u64::from(seen?);
     }
     Ok(())
 }
@@ -216,16 +228,16 @@ fn record(outcome: &mut MixOutcome, (kind, result): (BadClient, super::bad_clien
     }
 }
 
-/// Polls the inbound sidecar's served certificate until it is `leaf` or `within` passes.
+/// Polls the inbound sidecar at `inbound` until it serves `leaf` or `within` passes.
 async fn serves_within(
-    pair: &Pair,
-    config: &Arc<rustls::ClientConfig>,
-    leaf: &[u8],
+    inbound: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    leaf: Vec<u8>,
     within: Duration,
 ) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if let Ok(served) = attacker::served_leaf(pair.inbound, Arc::clone(config)).await
+        if let Ok(served) = attacker::served_leaf(inbound, Arc::clone(&config)).await
             && served == leaf
         {
             return true;
