@@ -69,6 +69,9 @@ pub struct SoakArgs {
 
 /// How long the sidecars get to close what the run left open before the final sample.
 const SETTLE: Duration = Duration::from_secs(60);
+// A pooled connection left idle at the end must close before the settle window ends, or the
+// descriptor check would count idle capacity as a leak.
+const _: () = assert!(pair::POOL_IDLE_TIMEOUT.as_secs() < SETTLE.as_secs());
 
 /// Runs the soak and writes the report; the caller decides the exit status from
 /// [`SoakReport::passed`].

@@ -17,6 +17,9 @@ use crate::compare::topology::{listener, policy_toml, sidecar_config};
 
 /// How long a sidecar may take to start listening (a debug build on a loaded machine is slow).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the sidecars keep an idle pooled upstream connection; shorter than the soak's settle
+/// window by design (see [`soak_sidecar_config`]; `super` checks the order at compile time).
+pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The running pair. Dropping it stops every process.
 #[derive(Debug)]
@@ -157,15 +160,11 @@ impl Pair {
     }
 }
 
-/// The comparison's sidecar config with idle pooled upstream connections closed after 20 s
-/// instead of 90 s: a connection the pool opened at the load's peak is idle capacity, not a leak,
+/// The comparison's sidecar config with idle pooled upstream connections closed after
+/// [`POOL_IDLE_TIMEOUT`] instead of the default 90 s: a connection the pool opened at the load's peak is idle capacity, not a leak,
 /// and it must be gone within the soak's settle window so "descriptors back to the baseline"
 /// measures leaks only. The line joins the `[http]` table `sidecar_config` ends with.
-fn soak_sidecar_config(
-    svid: &crate::compare::pki::SvidFiles,
-    admin: SocketAddr,
-    access_log: &Path,
-) -> String {
+fn soak_sidecar_config(svid: &SvidFiles, admin: SocketAddr, access_log: &Path) -> String {
     let config = sidecar_config(svid, admin, access_log);
     debug_assert!(
         config
@@ -174,7 +173,7 @@ fn soak_sidecar_config(
             .is_some_and(|last| last.starts_with("http]")),
         "sidecar_config no longer ends with its [http] table"
     );
-    config + "pool_idle_timeout = \"20s\"\n"
+    config + &format!("pool_idle_timeout = \"{}s\"\n", POOL_IDLE_TIMEOUT.as_secs())
 }
 
 fn spawn_sidecar(
